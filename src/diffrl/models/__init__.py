@@ -1,0 +1,1 @@
+"""Model loading and construction around diffusers (kept out of the math core)."""
