@@ -1,0 +1,308 @@
+"""Typed, nested run configuration: defaults, TOML/YAML files, `key=value` overrides, validation.
+
+Defaults run the embedded ShapesWorld demo (LOOP, K = 4, color binding) on a CPU.
+`presets/` holds files for other settings (e.g. the LOOP paper's SD 2.0 setting).
+Field names follow DDPO's config where it has one (sample.*, train.*).
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffrl.core.estimators import ESTIMATORS
+from diffrl.errors import DiffrlError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its documentation (shown by `diffrl config --help`-style listings)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    pretrained: str = opt("builtin:shapes", "Pipeline to fine-tune: a local diffusers directory, a hub id, or builtin:shapes.")
+    revision: str | None = opt(None, "Hub revision of the pretrained pipeline.")
+    lora: bool = opt(True, "Train LoRA adapters (True) or the full UNet (False).")
+    lora_rank: int = opt(4, "LoRA rank.")
+    lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
+    lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "UNet modules that get LoRA adapters.")
+    resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
+
+
+@dataclass
+class SampleConfig:
+    num_steps: int = opt(20, "DDIM denoising steps T per image (DDPO: 50).")
+    eta: float = opt(1.0, "DDIM eta; > 0 makes each step a Gaussian policy.")
+    guidance_scale: float = opt(3.0, "Classifier-free guidance weight w (DDPO: 5.0).")
+    k: int = opt(4, "Images per prompt K (the leave-one-out / group size).")
+    prompts_per_batch: int = opt(4, "Distinct prompts per sampling batch, per process.")
+    batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
+    logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
+
+
+@dataclass
+class TrainConfig:
+    algo: str = opt("loop", "Estimator: " + ", ".join(ESTIMATORS) + ".")
+    learning_rate: float = opt(3e-4, "AdamW learning rate.")
+    adam_beta1: float = opt(0.9, "AdamW beta1.")
+    adam_beta2: float = opt(0.999, "AdamW beta2.")
+    adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
+    adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
+    inner_epochs: int = opt(1, "Passes over each sampled batch (on-policy estimators need 1).")
+    minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce*, 2 for clipped estimators.")
+    chunk_size: int = opt(32, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks.")
+    clip_range: float = opt(1e-4, "PPO clip range epsilon (DDPO: 1e-4, B2-DiffuRL: 0.1).")
+    adv_clip_max: float = opt(5.0, "Advantages are clamped to [-adv_clip_max, adv_clip_max].")
+    loo_std: str = opt("none", "Divide leave-one-out advantages by a std: 'none', 'group' or 'batch'.")
+    timestep_fraction: float = opt(1.0, "Fraction of the trainable denoising steps trained per sample (random subset).")
+    max_grad_norm: float = opt(1.0, "Gradient-norm clip.")
+    mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
+    stat_buffer_size: int = opt(16, "ppo: per-prompt reward buffer length.")
+    stat_min_count: int = opt(16, "ppo: rewards a prompt needs before its own statistics replace the batch's.")
+
+
+@dataclass
+class B2Config:
+    enabled: bool = opt(False, "Turn on B2-DiffuRL (backward progressive training + branch sampling).")
+    start_steps: int = opt(14, "Denoising steps trained at stage 0 (the low-noise end); grows to all steps.")
+    stages: int = opt(100, "Number of stages S over which the trained interval grows.")
+    epochs_per_stage: int = opt(1, "Epochs spent in each stage.")
+    branches: int = opt(3, "Branches B per trajectory at the branch point (the estimator's group is the B siblings).")
+    selection: str = opt("zscore", "'zscore': keep the best sibling if z >= threshold and the worst if z <= -threshold; 'all': keep every sibling.")
+    z_threshold: float = opt(0.5, "Selection threshold on per-prompt reward z-scores.")
+    history_stages: int = opt(8, "Past stages whose rewards enter the per-prompt z-scores (plus the current one).")
+
+
+@dataclass
+class RunConfig:
+    out: str = opt("runs/latest", "Run directory.")
+    seed: int = opt(0, "Seed for prompts, noise and initialization.")
+    epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update).")
+    reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
+    prompts: str = opt("shapes:color_binding_train", "Prompts: a text file, a built-in set, or module:function.")
+    eval_prompts: str | None = opt("shapes:color_binding_val", "Held-out prompts evaluated before training and every eval_every epochs (None: off).")
+    eval_every: int = opt(5, "Held-out evaluation period in epochs (0: only before and after).")
+    eval_images_per_prompt: int = opt(4, "Images per held-out prompt (fixed seeds shared by every method).")
+    image_every: int = opt(5, "Save an image grid every N epochs.")
+    save_every: int = opt(5, "Checkpoint every N epochs (the last epoch always saves).")
+    keep_checkpoints: int = opt(2, "Checkpoints kept on disk (the newest is never deleted).")
+    tensorboard: bool = opt(True, "Write TensorBoard events.")
+    wandb: bool = opt(False, "Also log to Weights & Biases (pip install wandb).")
+    threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
+    progress: bool = opt(True, "Show a progress bar.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    b2: B2Config = field(default_factory=B2Config)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, annotation: Any, key: str, from_string: bool) -> Any:
+    """Check `value` against a field's type; strings from the command line are parsed first."""
+    hint = typing.get_type_hints(annotation) if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) else annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None or (from_string and str(value).lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key, from_string)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if from_string and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise DiffrlError(f"config key {key!r}: expected a list, got {value!r}")
+        return [_coerce(v, item, key, from_string) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_string and str(value).lower() in ("true", "1", "yes", "false", "0", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise DiffrlError(f"config key {key!r}: expected true/false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise DiffrlError(f"config key {key!r}: expected a number, got {value!r}")
+        if isinstance(value, str) and from_string:
+            try:
+                value = hint(value) if hint is float else int(value)
+            except ValueError:
+                raise DiffrlError(f"config key {key!r}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
+            raise DiffrlError(f"config key {key!r}: expected {hint.__name__}, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise DiffrlError(f"config key {key!r}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _fields(section: Any) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(section)}
+
+
+def apply_mapping(config: Config, mapping: dict, from_string: bool = False, prefix: str = "") -> Config:
+    """Set nested keys of `config` from a dict ({"train": {"algo": "ppo"}} or {"train.algo": "ppo"})."""
+    for raw_key, value in mapping.items():
+        key = f"{prefix}{raw_key}"
+        if "." in raw_key:
+            section_name, _, rest = raw_key.partition(".")
+            apply_mapping(config, {section_name: {rest: value}}, from_string, prefix)
+            continue
+        if isinstance(value, dict) and not prefix:
+            section = getattr(config, raw_key, None)
+            if section is None or not dataclasses.is_dataclass(section):
+                raise DiffrlError(f"unknown config section {key!r}; sections: {', '.join(_fields(config))}")
+            for name, item in value.items():
+                fields = _fields(section)
+                if name not in fields:
+                    raise DiffrlError(f"unknown config key '{raw_key}.{name}'; {raw_key} has: {', '.join(fields)}")
+                hints = typing.get_type_hints(type(section))
+                setattr(section, name, _coerce(item, hints[name], f"{raw_key}.{name}", from_string))
+            continue
+        raise DiffrlError(f"config key {key!r} is not inside a section (write e.g. train.{raw_key})")
+    return config
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Parse a TOML or YAML file into a dict; one-line errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file() and (PRESET_DIR / f"{path}.toml").is_file():
+        path = PRESET_DIR / f"{path}.toml"
+    if not path.is_file():
+        raise DiffrlError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as err:
+        raise DiffrlError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # yaml.YAMLError and friends
+        raise DiffrlError(f"cannot parse config file {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise DiffrlError(f"config file {path} must hold a table of sections")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['train.algo=ppo', 'sample.k=2'] -> {'train.algo': 'ppo', 'sample.k': '2'}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise DiffrlError(f"--set expects section.key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def validate(config: Config) -> Config:
+    """Range and consistency checks; each failure names the key and the fix."""
+    s, t, r = config.sample, config.train, config.run
+    if t.algo not in ESTIMATORS:
+        raise DiffrlError(f"unknown algorithm {t.algo!r}; choose one of: {', '.join(ESTIMATORS)}")
+    estimator = ESTIMATORS[t.algo]
+    checks = [
+        (s.num_steps >= 1, "sample.num_steps must be >= 1"),
+        (s.eta > 0, "sample.eta must be > 0 (eta = 0 is deterministic and has no log-probability)"),
+        (s.guidance_scale >= 0, "sample.guidance_scale must be >= 0"),
+        (s.k >= 1, "sample.k must be >= 1"),
+        (s.prompts_per_batch >= 1, "sample.prompts_per_batch must be >= 1"),
+        (s.batches_per_epoch >= 1, "sample.batches_per_epoch must be >= 1"),
+        (s.logprob_reduce in ("mean", "sum"), "sample.logprob_reduce must be 'mean' or 'sum'"),
+        (not estimator.needs_group or s.k >= 2,
+         f"--algo {t.algo} needs K >= 2 images per prompt for its baseline (got sample.k={s.k})"),
+        (t.learning_rate > 0, "train.learning_rate must be > 0"),
+        (t.inner_epochs >= 1, "train.inner_epochs must be >= 1"),
+        (t.minibatches is None or t.minibatches >= 1, "train.minibatches must be >= 1"),
+        (t.chunk_size >= 1, "train.chunk_size must be >= 1"),
+        (t.clip_range > 0, "train.clip_range must be > 0"),
+        (t.adv_clip_max > 0, "train.adv_clip_max must be > 0"),
+        (t.loo_std in ("none", "group", "batch"), "train.loo_std must be none, group or batch"),
+        (0 < t.timestep_fraction <= 1, "train.timestep_fraction must be in (0, 1]"),
+        (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
+        (t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16"),
+        (t.stat_buffer_size >= 1 and t.stat_min_count >= 1, "train.stat_buffer_size and stat_min_count must be >= 1"),
+        (config.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
+        (r.epochs >= 0, "run.epochs must be >= 0"),
+        (r.image_every >= 1 and r.save_every >= 1, "run.image_every and run.save_every must be >= 1"),
+        (r.eval_every >= 0, "run.eval_every must be >= 0"),
+        (r.eval_images_per_prompt >= 1, "run.eval_images_per_prompt must be >= 1"),
+        (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        (r.threads is None or r.threads >= 1, "run.threads must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise DiffrlError(message)
+    if not estimator.clipped and (t.inner_epochs != 1 or (t.minibatches or 1) != 1):
+        raise DiffrlError(f"--algo {t.algo} is on-policy (no importance ratio): train.inner_epochs and "
+                          "train.minibatches must be 1; use ppo or loop for several updates per batch")
+    samples = s.k * s.prompts_per_batch * s.batches_per_epoch * (config.b2.branches if config.b2.enabled else 1)
+    if samples % minibatches(config):
+        raise DiffrlError(f"train.minibatches={minibatches(config)} does not divide the {samples} samples per epoch")
+    b = config.b2
+    if b.enabled:
+        b2_checks = [
+            (1 <= b.start_steps <= s.num_steps, f"b2.start_steps must be in [1, sample.num_steps={s.num_steps}]"),
+            (b.stages >= 1 and b.epochs_per_stage >= 1, "b2.stages and b2.epochs_per_stage must be >= 1"),
+            (b.branches >= 1, "b2.branches must be >= 1"),
+            (not estimator.needs_group or b.branches >= 2,
+             f"--algo {t.algo} with --b2 uses the sibling branches as its group: b2.branches must be >= 2"),
+            (b.selection in ("zscore", "all"), "b2.selection must be 'zscore' or 'all'"),
+            (b.z_threshold >= 0 and b.history_stages >= 0, "b2.z_threshold and b2.history_stages must be >= 0"),
+        ]
+        for ok, message in b2_checks:
+            if not ok:
+                raise DiffrlError(message)
+    return config
+
+
+def minibatches(config: Config) -> int:
+    """Optimizer updates per inner epoch (the estimator's default when unset)."""
+    if config.train.minibatches is not None:
+        return config.train.minibatches
+    return 2 if ESTIMATORS[config.train.algo].clipped else 1
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults <- file <- overrides (strings allowed), then validated."""
+    config = Config()
+    if path is not None:
+        apply_mapping(config, read_config_file(path))
+    if overrides:
+        apply_mapping(config, overrides, from_string=True)
+    return validate(config)
+
+
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every field: the source of the docs' config table."""
+    out = []
+    for section in dataclasses.fields(Config):
+        for f in dataclasses.fields(section.default_factory()):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append((f"{section.name}.{f.name}", default, f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,103 @@
+"""One DDIM step as a Gaussian policy, with the log-density of the chosen action.
+
+Adapted from diffusers' `DDIMScheduler.step` (diffusers 0.42; formula (12) of the DDIM
+paper) in the way kvablack/ddpo-pytorch's `ddim_with_logprob.py` does. Changes from
+diffusers: timesteps may differ per sample (so one UNet call can train several
+denoising steps at once), the previous sample may be given instead of drawn (to
+re-evaluate a stored trajectory), and the log-probability of x_{t-1} is returned.
+No sample clipping or thresholding (SD 1.x/2.x do not use them).
+
+Notation (algorithms.md section 1):  abar_t = alphas_cumprod[t],
+    x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+    sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+    mu      = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma_t^2) eps
+    x_{t-1} ~ N(mu, sigma_t^2 I)
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+Reduce = Literal["mean", "sum"]
+
+
+class StepResult(NamedTuple):
+    prev_sample: Tensor  # (B, C, h, w)  x_{t-1}
+    log_prob: Tensor  # (B,)  log pi(x_{t-1} | x_t, c), reduced over latent dimensions
+    mean: Tensor  # (B, C, h, w)  mu
+    std: Tensor  # (B, 1, 1, 1)  sigma_t
+
+
+def _per_sample(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
+    """values[index] shaped (B, 1, 1, 1) to broadcast against `like` (B, C, h, w)."""
+    out = values.to(like.device)[index.to(like.device).long()]
+    return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def epsilon_from_model_output(model_output: Tensor, sample: Tensor, abar_t: Tensor, prediction_type: str) -> Tensor:
+    """The noise estimate eps for 'epsilon' (SD 1.x, SD 2.0-base) or 'v_prediction' (SD 2.x 768-v) models."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return abar_t.sqrt() * model_output + (1 - abar_t).sqrt() * sample
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduce = "mean") -> Tensor:
+    """log N(x; mean, std^2 I), reduced over all but the batch dimension.
+
+    "mean" (DDPO's convention) keeps ratios of 16k-dimensional densities finite; "sum" is the true density.
+    """
+    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - math.log(math.sqrt(2 * math.pi))
+    dims = tuple(range(1, x.ndim))
+    return log_density.mean(dim=dims) if reduce == "mean" else log_density.sum(dim=dims)
+
+
+def ddim_step_with_log_prob(
+    model_output: Tensor,
+    timestep: Tensor,
+    prev_timestep: Tensor,
+    sample: Tensor,
+    alphas_cumprod: Tensor,
+    final_alpha_cumprod: Tensor | float,
+    eta: float,
+    prev_sample: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    reduce: Reduce = "mean",
+) -> StepResult:
+    """x_t -> x_{t-1}. `timestep`/`prev_timestep`: (B,) integer tensors; prev < 0 means "after the last step".
+
+    Args:
+        model_output: (B, C, h, w) the (guided) UNet output at x_t.
+        sample: (B, C, h, w) x_t.
+        alphas_cumprod: (num_train_timesteps,) the scheduler's abar table.
+        final_alpha_cumprod: abar used when prev_timestep < 0 (diffusers' `final_alpha_cumprod`).
+        eta: DDIM stochasticity; must be > 0 for a log-density to exist.
+        prev_sample: x_{t-1} to score instead of drawing one (training re-evaluates stored actions).
+        generator: randomness for drawing x_{t-1}.
+    """
+    if eta <= 0:
+        raise ValueError("eta must be > 0: with eta = 0 DDIM is deterministic and has no log-probability")
+    final = torch.as_tensor(final_alpha_cumprod, dtype=alphas_cumprod.dtype, device=alphas_cumprod.device)
+    table = torch.cat([alphas_cumprod, final.reshape(1)])  # index -1 -> final_alpha_cumprod
+    prev_index = torch.where(prev_timestep >= 0, prev_timestep, torch.full_like(prev_timestep, -1))
+    abar_t = _per_sample(table, timestep, sample)
+    abar_prev = _per_sample(table, prev_index, sample)
+
+    eps = epsilon_from_model_output(model_output, sample, abar_t, prediction_type)
+    x0_pred = (sample - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    std = eta * variance.clamp(min=0).sqrt()
+    mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
+
+    if prev_sample is None:
+        noise = torch.randn(sample.shape, generator=generator, device=generator.device if generator else sample.device,
+                            dtype=sample.dtype).to(sample.device)
+        prev_sample = mean + std * noise
+    # The action is data, not a function of the parameters: only mu carries gradients.
+    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std, reduce)
+    return StepResult(prev_sample, log_prob, mean, std)

@@ -1,0 +1,106 @@
+"""Prompt sources: a text file (one prompt a line), a built-in set, or a Python callable.
+
+Spec forms:
+  path/to/prompts.txt             one prompt per line (blank lines and #-comments skipped)
+  shapes:<category>_<split>       ShapesWorld prompts with metadata, e.g. shapes:color_binding_train
+  t2i-compbench:<category>_<split>  T2I-CompBench prompt files from a local copy (DIFFRL_T2I_COMPBENCH_DIR)
+  builtin:animals                 DDPO's simple animal list
+  module:function                 returns a list of prompts / (prompt, metadata) pairs, or one
+                                  (prompt, metadata) pair per call (DDPO's prompt_fn)
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from diffrl.errors import DiffrlError
+
+Prompt = tuple[str, dict]
+
+BUILTIN_SETS = {
+    "animals": ["cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat",
+                "lion", "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant", "butterfly", "fish",
+                "shark", "whale", "dolphin", "squirrel", "mouse", "rat", "snake", "turtle", "frog", "chicken", "duck",
+                "goose", "bee", "pig", "turkey", "fly", "llama", "camel", "bat", "gorilla", "hedgehog", "kangaroo"],
+}
+
+
+class PromptSource:
+    """Either a fixed list of prompts (sampled uniformly) or a generator function called per prompt."""
+
+    def __init__(self, prompts: list[Prompt] | None = None, generate: Callable[[], Prompt] | None = None, name: str = ""):
+        if prompts is not None and not prompts:
+            raise DiffrlError(f"prompt set {name!r} is empty")
+        self.prompts, self.generate, self.name = prompts, generate, name
+
+    def sample(self, rng: np.random.Generator, n: int) -> list[Prompt]:
+        if self.prompts is None:
+            return [_check_pair(self.generate(), self.name) for _ in range(n)]
+        return [self.prompts[i] for i in rng.integers(len(self.prompts), size=n)]
+
+    def all(self) -> list[Prompt]:
+        if self.prompts is None:
+            raise DiffrlError(f"prompt source {self.name!r} is a generator; evaluation needs a fixed prompt set")
+        return self.prompts
+
+
+def _check_pair(item, name: str) -> Prompt:
+    if isinstance(item, str):
+        return item, {}
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], dict):
+        return item
+    raise DiffrlError(f"prompt source {name!r} produced {item!r}; expected a string or (prompt, metadata dict)")
+
+
+def read_prompt_file(path: Path) -> list[Prompt]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DiffrlError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise DiffrlError(f"cannot read prompt file {path}: {err.strerror}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    prompts = [(line, {}) for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise DiffrlError(f"prompt file {path} has no prompts (one per line expected)")
+    return prompts
+
+
+def load_prompts(spec: str) -> PromptSource:
+    if spec.startswith("shapes:"):
+        from diffrl.shapes import world
+
+        name = spec.split(":", 1)[1]
+        category, _, split = name.rpartition("_")
+        if split not in ("train", "val", "unseen") or category not in (*world.CATEGORIES, "all"):
+            raise DiffrlError(f"unknown ShapesWorld prompt set {spec!r}; use shapes:<category>_<split> with category in "
+                              f"{', '.join(world.CATEGORIES)} or all, split in train, val, unseen")
+        specs = world.all_prompts(split) if category == "all" else world.prompt_set(category, split)
+        return PromptSource([(p.text, p.to_metadata()) for p in specs], name=spec)
+    if spec.startswith("t2i-compbench:"):
+        from diffrl.prompts_t2i import load_t2i_compbench
+
+        return PromptSource([(p, {}) for p in load_t2i_compbench(spec)], name=spec)
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN_SETS:
+            raise DiffrlError(f"unknown built-in prompt set {spec!r}; available: {', '.join(BUILTIN_SETS)}")
+        return PromptSource([(p, {}) for p in BUILTIN_SETS[name]], name=spec)
+    path = Path(spec).expanduser()
+    if path.exists() or ":" not in spec:
+        if not path.is_file():
+            raise DiffrlError(f"prompt file not found: {spec}")
+        return PromptSource(read_prompt_file(path), name=spec)
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise DiffrlError(f"cannot load prompt function {spec!r}: {err}") from None
+    first = fn()
+    if isinstance(first, list):
+        return PromptSource([_check_pair(p, spec) for p in first], name=spec)
+    _check_pair(first, spec)
+    return PromptSource(generate=fn, name=spec)

@@ -1,0 +1,108 @@
+"""Run-directory outputs: metrics as JSON lines, TensorBoard events, image grids, reward curves.
+
+Only the main process creates a RunLogger; other ranks get `None` and log nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+class RunLogger:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb_config: dict | None = None, resume_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        self.wandb = None
+        if wandb_config is not None:
+            try:
+                import wandb
+            except ImportError:
+                from diffrl.errors import DiffrlError
+
+                raise DiffrlError("run.wandb is on but wandb is not installed (pip install 'diffrl[wandb]')") from None
+            self.wandb = wandb.init(project="diffrl", config=wandb_config, dir=str(self.run_dir))
+
+    def _truncate_after(self, epoch: int) -> None:
+        """On resume, drop lines logged after the checkpoint so no epoch appears twice."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", -1) < epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, metrics: dict, epoch: int) -> None:
+        record = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                if self.writer is not None:
+                    self.writer.add_scalar(key, value, epoch)
+        if self.wandb is not None:
+            self.wandb.log(record, step=epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    return value
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def image_grid(images: np.ndarray, captions: list[str], columns: int = 4, scale: int = 4) -> Image.Image:
+    """Tile uint8 images (N, H, W, 3), upscaled `scale`x (nearest), each with a caption line below."""
+    n, h, w, _ = images.shape
+    cell_w, cell_h = w * scale, h * scale
+    caption_h = 12 * max(1, max((len(c) * 6) // max(cell_w, 1) + 1 for c in captions) if captions else 1)
+    rows = math.ceil(n / columns)
+    grid = Image.new("RGB", (columns * cell_w, rows * (cell_h + caption_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * cell_w, (i // columns) * (cell_h + caption_h)
+        grid.paste(Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST), (x, y))
+        chars = max(1, cell_w // 6)
+        for j in range(0, len(caption), chars):
+            draw.text((x + 1, y + cell_h + 12 * (j // chars)), caption[j:j + chars], fill="black")
+    return grid
+
+
+def plot_curves(records: list[dict], keys: list[str], path: Path, title: str = "") -> None:
+    """Line plot of metrics over epochs (missing values skipped), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if points:
+            ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random Stable Diffusion pipelines built from configs (no hub, no download)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "triangle", "and", "two", "above", "cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A random SD-architecture pipeline (16x16 images, 8x8x4 latents) saved with save_pretrained."""
+    from diffrl.models.tiny import build_tiny_pipeline
+
+    directory = tmp_path_factory.mktemp("tiny_sd")
+    build_tiny_pipeline(directory, WORDS, sample_size=16, block_channels=(16, 32), cross_attention_dim=16,
+                        vae_channels=(16, 32), seed=0)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("a red circle\na blue square\n\n# a comment\na green triangle\na yellow cat\n")
+    return path

@@ -1,0 +1,87 @@
+import math
+
+import torch
+from diffusers import DDIMScheduler
+
+from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_log_prob
+
+
+def make_scheduler():
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    scheduler.set_timesteps(10)
+    return scheduler
+
+
+def test_step_matches_diffusers_ddim_for_the_same_noise():
+    scheduler = make_scheduler()
+    torch.manual_seed(0)
+    sample, eps, noise = torch.randn(3, 2, 4, 4, 4).unbind(0)[0], torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    sample = torch.randn(2, 4, 4, 4)
+    for i, t in enumerate(scheduler.timesteps):
+        for eta in (0.5, 1.0):
+            expected = scheduler.step(eps, t, sample, eta=eta, variance_noise=noise).prev_sample
+            prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+            ours = ddim_step_with_log_prob(eps, t.expand(2), prev_t.expand(2), sample, scheduler.alphas_cumprod,
+                                           scheduler.final_alpha_cumprod, eta)
+            torch.testing.assert_close(ours.mean + ours.std * noise, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_per_sample_timesteps_equal_separate_calls():
+    scheduler = make_scheduler()
+    sample, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t = torch.tensor([901, 101])
+    prev = t - 100
+    both = ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0,
+                                   prev_sample=sample * 0.9)
+    for i in range(2):
+        one = ddim_step_with_log_prob(eps[i:i + 1], t[i:i + 1], prev[i:i + 1], sample[i:i + 1],
+                                      scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0,
+                                      prev_sample=sample[i:i + 1] * 0.9)
+        torch.testing.assert_close(both.log_prob[i:i + 1], one.log_prob)
+
+
+def test_last_step_uses_final_alpha_cumprod():
+    scheduler = make_scheduler()
+    sample, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    out = ddim_step_with_log_prob(eps, torch.tensor([1]), torch.tensor([-99]), sample, scheduler.alphas_cumprod,
+                                  scheduler.final_alpha_cumprod, 1.0)
+    expected = scheduler.step(eps, torch.tensor(1), sample, eta=1.0, variance_noise=torch.zeros_like(sample))
+    torch.testing.assert_close(out.mean, expected.prev_sample)
+
+
+def test_gaussian_log_prob_hand_computed():
+    # N(x=1; mu=0, sigma=2) per dim: -1/8 - log 2 - log sqrt(2 pi)
+    x, mean, std = torch.ones(1, 3), torch.zeros(1, 3), torch.full((1, 1), 2.0)
+    per_dim = -1 / 8 - math.log(2) - 0.5 * math.log(2 * math.pi)
+    assert math.isclose(gaussian_log_prob(x, mean, std, "mean").item(), per_dim, rel_tol=1e-6)
+    assert math.isclose(gaussian_log_prob(x, mean, std, "sum").item(), 3 * per_dim, rel_tol=1e-6)
+
+
+def test_log_prob_of_mean_is_highest_and_eta_zero_refused():
+    scheduler = make_scheduler()
+    sample, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    t, prev = torch.tensor([501]), torch.tensor([401])
+    step = ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0)
+    at_mean = ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod,
+                                      1.0, prev_sample=step.mean)
+    assert at_mean.log_prob.item() > step.log_prob.item()
+    try:
+        ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 0.0)
+    except ValueError as err:
+        assert "eta" in str(err)
+    else:
+        raise AssertionError("eta = 0 must be refused")
+
+
+def test_v_prediction_converts_to_epsilon():
+    scheduler = make_scheduler()
+    sample, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    abar = scheduler.alphas_cumprod[501]
+    x0 = (sample - (1 - abar).sqrt() * eps) / abar.sqrt()
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    t, prev = torch.tensor([501]), torch.tensor([401])
+    a = ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0)
+    b = ddim_step_with_log_prob(v, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0,
+                                prediction_type="v_prediction")
+    torch.testing.assert_close(a.mean, b.mean, rtol=1e-4, atol=1e-5)
