@@ -1,0 +1,66 @@
+"""ShapesWorld rewards: the exact scorer of `diffrl.shapes.scorer` behind the reward contract.
+
+- ``shapes``: dense score in [0, 1], the fraction of the prompt's constraints met (any category).
+- ``shapes_success``: 1.0 when every constraint is met, else 0.0.
+- ``shapes_<category>`` (single, color_binding, counting, spatial): the dense score on that
+  category's samples and NaN on the others. NaN rather than an error, so that one name works
+  on mixed prompt sets: evaluation averages with nanmean (``shapes_spatial`` over
+  ``shapes:all_val`` is the spatial-only score) and the trainer skips NaN rewards (counted in
+  ``nan_rewards_total``), so training on a mixed set learns from that category alone.
+
+Every sample needs its ShapesWorld metadata (`PromptSpec.to_metadata()`, which the
+``shapes:<category>_<split>`` prompt sets attach); without it the reward raises `DiffrlError`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from diffrl.errors import DiffrlError
+from diffrl.rewards.base import Reward, register_reward
+from diffrl.shapes.scorer import score_batch
+from diffrl.shapes.world import CATEGORIES, PromptSpec
+
+
+def _specs(prompts: list[str], metadata: list[dict]) -> list[PromptSpec]:
+    """PromptSpecs from the metadata; a sample without ShapesWorld metadata is a config error."""
+    specs = []
+    for text, meta in zip(prompts, metadata):
+        if not meta or "category" not in meta or "objects" not in meta:
+            raise DiffrlError(f"the shapes reward needs ShapesWorld prompt metadata, but prompt {text!r} has none; "
+                              "use a shapes:<category>_<split> prompt set")
+        specs.append(PromptSpec.from_metadata(text, meta))
+    return specs
+
+
+def shapes_dense(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) fraction of each prompt's constraints met, in [0, 1]."""
+    return score_batch(np.asarray(images), _specs(prompts, metadata))[0]
+
+
+def shapes_success(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) 1.0 where every constraint is met, else 0.0."""
+    return score_batch(np.asarray(images), _specs(prompts, metadata))[1].astype(np.float64)
+
+
+def category_reward(category: str) -> Reward:
+    """The dense score on `category`'s samples, NaN on the others (see the module docstring)."""
+
+    def reward(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+        specs = _specs(prompts, metadata)
+        dense = score_batch(np.asarray(images), specs)[0]
+        return np.where([s.category == category for s in specs], dense, np.nan)
+
+    reward.__name__ = f"shapes_{category}"
+    return reward
+
+
+def _factory(reward: Reward) -> Callable[[], Reward]:
+    return lambda: reward
+
+
+register_reward("shapes")(_factory(shapes_dense))
+register_reward("shapes_success")(_factory(shapes_success))
+for _category in CATEGORIES:
+    register_reward(f"shapes_{_category}")(_factory(category_reward(_category)))
