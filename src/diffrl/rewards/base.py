@@ -54,6 +54,10 @@ def get_reward(name: str) -> Reward:
     _load_providers()
     if name in _REGISTRY:
         return _REGISTRY[name]()
+    if name.startswith("remote:"):  # a reward server: remote:http://host:port
+        from diffrl.rewards.remote import RemoteReward
+
+        return RemoteReward(name[len("remote:"):])
     if ":" in name and not name.startswith("remote:"):
         module_name, _, attr = name.partition(":")
         try:
