@@ -18,7 +18,7 @@ from diffrl.rewards import get_reward
 from diffrl.shapes import scorer
 from diffrl.shapes.world import BACKGROUND, COLORS, SHAPES, PromptSpec, ShapeObject, all_prompts, render
 
-SEEDS = 3  # clean renders per prompt; each wrong variant is rendered once
+SEEDS = 2  # clean renders per prompt; each wrong variant is rendered once
 OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 
 
