@@ -122,7 +122,7 @@ def _coerce(value: Any, annotation: Any, key: str, from_string: bool) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None or (from_string and str(value).lower() in ("none", "null")):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):  # TOML has no null
             return None
         return _coerce(value, args[0], key, from_string)
     if origin is list:

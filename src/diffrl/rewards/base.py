@@ -7,6 +7,7 @@ a list of N dicts (may be empty dicts). Rewards are black boxes: no gradients fl
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Protocol
 
@@ -107,7 +108,9 @@ def parse_reward_spec(spec: str) -> WeightedSum:
             continue
         name, weight = item, 1.0
         head, sep, tail = item.rpartition(":")
-        if sep and head:
+        # remote:http://host:8000 -> the trailing number is the port, not a weight
+        url_without_port = head.startswith("remote:") and not re.search(r"://[^/]*:\d+", head)
+        if sep and head and not url_without_port:
             try:
                 weight = float(tail)
                 name = head
