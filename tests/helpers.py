@@ -10,3 +10,15 @@ def half_nan_reward(images, prompts, metadata):
     values = images.astype(np.float64).mean(axis=(1, 2, 3)) / 255
     values[::2] = np.nan
     return values
+
+
+def left_right_contrast(images, prompts, metadata):
+    """Mean brightness of the left half minus the right half, in [-1, 1].
+
+    A dense toy reward for learning tests on random pipelines: a random VAE decoder starts with
+    GroupNorm, which erases global latent shifts (so plain brightness is nearly uncontrollable),
+    but keeps spatial patterns, which the UNet can learn to produce.
+    """
+    x = images.astype(np.float64) / 255.0
+    half = x.shape[2] // 2
+    return x[:, :, :half].mean(axis=(1, 2, 3)) - x[:, :, half:].mean(axis=(1, 2, 3))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from diffrl.core.estimators import ESTIMATORS
@@ -64,7 +65,8 @@ def cmd_train(args) -> int:
     else:
         config = load_config(args.config, overrides)
         out = train(config)
-    print(f"diffrl: done; run directory {out}")
+    if os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+        print(f"diffrl: done; run directory {out}")
     return 0
 
 

@@ -85,7 +85,8 @@ def train(config: Config, resume: bool = False) -> Path:
     out = Path(config.run.out)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision)
+    # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
+    accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     device = accelerator.device
     estimator = ESTIMATORS[config.train.algo]
@@ -304,6 +305,11 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
     stats = update(config, accelerator, train_policy, optimizer, trainable, estimator, traj, embeds, uncond,
                    advantages, selected, first_step, end_step, train_gen, counters)
     trained = time.perf_counter()
+    if accelerator.num_processes > 1:
+        # Replicas must stay identical; a spread above 0 means gradients were not synchronized.
+        checksum = torch.stack([p.detach().double().sum() for p in trainable.values()]).sum().reshape(1)
+        sums = accelerator.gather(checksum.to(accelerator.device))
+        metrics["dist/param_spread"] = float(sums.max() - sums.min())
 
     valid_rewards = all_rewards[finite]
     metrics.update({
