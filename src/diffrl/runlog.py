@@ -22,7 +22,8 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                        purge_step=None if resume_step is None else resume_step + 1)
         self.wandb = None
         if wandb_config is not None:
             try:
@@ -34,11 +35,11 @@ class RunLogger:
             self.wandb = wandb.init(project="diffrl", config=wandb_config, dir=str(self.run_dir))
 
     def _truncate_after(self, epoch: int) -> None:
-        """On resume, drop lines logged after the checkpoint so no epoch appears twice."""
+        """On resume from the checkpoint taken after `epoch`, drop later lines so no epoch appears twice."""
         if not self.metrics_path.exists():
             return
         kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", -1) < epoch]
+                if line.strip() and json.loads(line).get("epoch", -1) <= epoch]
         self.metrics_path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict, epoch: int) -> None:
