@@ -25,8 +25,11 @@ def write_word_tokenizer(words: list[str], directory: str | Path) -> CLIPTokeniz
     """Write a CLIP BPE tokenizer whose vocabulary holds each of `words` as one token.
 
     CLIP's BPE ends words with `</w>`; we add every character (plain and word-final)
-    plus the chain of merges that builds each word left to right, so each word in
-    `words` becomes a single token and unknown words still tokenize (character by character).
+    plus merges that build each word, so each word in `words` becomes a single token and
+    unknown words still tokenize (character by character). Merges are learned the way BPE
+    training does it, each one applied to every word at once: a merge list made of
+    independent per-word chains would let one word's merge ("a n" from "and") fire inside
+    another word ("orange") first and leave it in pieces.
     In transformers 5, building CLIPTokenizer(vocab_file=...) directly can give a broken
     tokenizer, so we write files and load with from_pretrained.
     """
@@ -43,15 +46,14 @@ def write_word_tokenizer(words: list[str], directory: str | Path) -> CLIPTokeniz
         add(chr(code))
         add(chr(code) + "</w>")
     merges: list[str] = []
-    for word in words:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        merged = symbols[0]
-        for symbol in symbols[1:]:
-            rule = f"{merged} {symbol}"
-            if rule not in merges:
-                merges.append(rule)
-            merged = merged + symbol
-            add(merged)
+    pieces = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in dict.fromkeys(words)}
+    for word in pieces:
+        while len(pieces[word]) > 1:
+            left, right = pieces[word][:2]
+            merges.append(f"{left} {right}")
+            add(left + right)
+            for other, symbols in pieces.items():
+                pieces[other] = _merge_pair(symbols, left, right)
     for token in SPECIAL_TOKENS:
         add(token)
     (directory / "vocab.json").write_text(json.dumps(vocab))
@@ -61,6 +63,20 @@ def write_word_tokenizer(words: list[str], directory: str | Path) -> CLIPTokeniz
         "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "tokenizer_class": "CLIPTokenizer",
     }))
     return CLIPTokenizer.from_pretrained(directory)
+
+
+def _merge_pair(symbols: list[str], left: str, right: str) -> list[str]:
+    """`symbols` with every adjacent (left, right) joined, scanning left to right as BPE does."""
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == left and symbols[i + 1] == right:
+            out.append(left + right)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
 
 
 def build_tiny_pipeline(
