@@ -49,7 +49,7 @@ def generate_fixed_seed(pipe, policy: Policy, prompts: list[Prompt], images_per_
         index = torch.arange(len(chunk), device=device).repeat_interleave(images_per_prompt)
         generators = [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start + i, j]).generate_state(1)[0]))
                       for i in range(len(chunk)) for j in range(images_per_prompt)]
-        x = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device, embeds.dtype)
+        x = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device, torch.float32)
         for t, prev_t in zip(timesteps, prev_timesteps):
             n = x.shape[0]
             eps = policy.guided_noise(x, t.expand(n), embeds[index], uncond.expand(n, -1, -1))

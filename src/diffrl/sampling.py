@@ -107,7 +107,8 @@ def sample_trajectories(
     num_steps = len(timesteps)
     branch_step = num_steps if branch_step is None else branch_step
     prompt_index = torch.arange(num_prompts, device=device).repeat_interleave(k)  # (P*K,)
-    x = torch.randn((num_prompts * k, *latent_shape), generator=generator).to(device, prompt_embeds.dtype)
+    # Latents and DDIM math stay fp32 even when the UNet runs in half precision (under autocast).
+    x = torch.randn((num_prompts * k, *latent_shape), generator=generator).to(device, torch.float32)
     latents, log_probs = [x], []
     for i in range(num_steps):
         if i == branch_step and branches > 1:

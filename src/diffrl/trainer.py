@@ -103,17 +103,19 @@ def train(config: Config, resume: bool = False) -> Path:
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
     unet = pipe.unet
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
+    if device.type == "cpu":
+        weight_dtype = torch.float32
+    # Frozen weights in half precision save memory (as DDPO); LoRA adapters, added after, stay fp32.
+    frozen_modules = (pipe.vae, pipe.text_encoder, unet) if config.model.lora else (pipe.vae, pipe.text_encoder)
+    for frozen in frozen_modules:
+        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
     if config.model.lora:
         add_lora(unet, config.model.lora_rank, config.model.lora_alpha, config.model.lora_target_modules)
     else:
         unet.requires_grad_(True)
-    unet.train()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
-    if device.type == "cpu":
-        weight_dtype = torch.float32
-    for frozen in (pipe.vae, pipe.text_encoder):
-        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
     unet.to(device)
+    unet.train()
     trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
                                   weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
@@ -162,8 +164,9 @@ def train(config: Config, resume: bool = False) -> Path:
         if eval_prompts is None:
             return {}
         unet.eval()
-        images, texts, metas = generate_fixed_seed(pipe, policy, eval_prompts, r.eval_images_per_prompt, r.seed,
-                                                   s.num_steps, latent_shape)
+        with accelerator.autocast():
+            images, texts, metas = generate_fixed_seed(pipe, policy, eval_prompts, r.eval_images_per_prompt, r.seed,
+                                                       s.num_steps, latent_shape)
         unet.train()
         scores = score_images(images, texts, metas, eval_rewards)
         if logger is not None:
@@ -274,8 +277,9 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
 
     # ---- sample
     policy.unet.eval()
-    traj, embeds, texts, metas = sample_epoch(config, policy, pipe, prompt_source, prompt_rng, noise_gen, timesteps,
-                                              prev_timesteps, latent_shape, uncond, branch_step)
+    with accelerator.autocast():
+        traj, embeds, texts, metas = sample_epoch(config, policy, pipe, prompt_source, prompt_rng, noise_gen, timesteps,
+                                                  prev_timesteps, latent_shape, uncond, branch_step)
     policy.unet.train()
     sampled = time.perf_counter()
 
