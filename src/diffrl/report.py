@@ -1,0 +1,229 @@
+"""Statistics, curves and the HTML report shared by `diffrl evaluate`, `diffrl compare` and `diffrl report`.
+
+Two intervals, both from Student's t (no scipy: the t CDF has a closed form for integer degrees
+of freedom, inverted by bisection):
+
+- confidence interval of a mean over n prompts (evaluate):  m +- t_{0.975, n-1} * s / sqrt(n)
+- 80% prediction interval over n seeds (compare/report):      m +- t_{0.9, n-1} * s * sqrt(1 + 1/n)
+
+m is the sample mean, s the sample standard deviation (ddof = 1). With n = 1 neither exists (NaN).
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from diffrl import checkpoint as ckpt
+from diffrl.errors import DiffrlError
+from diffrl.runlog import read_metrics
+
+CONFIG_FILE = "config.yaml"  # trainer.CONFIG_FILE; not imported so `diffrl report` stays light
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def t_cdf_two_sided(x: float, df: int) -> float:
+    """P(|T| <= x) for Student's t with integer `df` >= 1 (Abramowitz & Stegun 26.7.3/26.7.4)."""
+    theta = math.atan(abs(x) / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)), df-3 in the last power
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for j in range(1, (df - 1) // 2):
+            term *= c2 * (2 * j) / (2 * j + 1)
+            total += term
+        return 2 / math.pi * (theta + s * math.cos(theta) * total)
+    term, total = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), df-2 in the last power
+    for j in range(1, df // 2):
+        term *= c2 * (2 * j - 1) / (2 * j)
+        total += term
+    return s * total
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p in (0.5, 1)) of Student's t with `df` degrees of freedom, to ~1e-12."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    target, lo, hi = 2 * p - 1, 0.0, 1.0
+    while t_cdf_two_sided(hi, df) < target:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf_two_sided(mid, df) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _clean(values) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def mean_ci(values, level: float = 0.95) -> dict:
+    """Mean and its t confidence interval: m +- t_{(1+level)/2, n-1} * s / sqrt(n). NaNs are dropped."""
+    x = _clean(values)
+    n = len(x)
+    mean = float(x.mean()) if n else float("nan")
+    half = t_quantile((1 + level) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "half_width": half, "n": n}
+
+
+def prediction_interval(values, level: float = 0.8) -> dict:
+    """Mean over replicates and the interval for one new replicate: m +- t_{(1+level)/2, n-1} * s * sqrt(1 + 1/n)."""
+    x = _clean(values)
+    n = len(x)
+    mean = float(x.mean()) if n else float("nan")
+    half = t_quantile((1 + level) / 2, n - 1) * float(x.std(ddof=1)) * math.sqrt(1 + 1 / n) if n > 1 else float("nan")
+    return {"mean": mean, "pi_low": mean - half, "pi_high": mean + half, "n": n, "values": [float(v) for v in x]}
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def last_epoch(run_dir: Path) -> int:
+    """Epoch of the newest complete checkpoint (0 when there is none)."""
+    found = ckpt.list_checkpoints(run_dir)
+    return int(found[-1].name.split("_")[-1]) if found else 0
+
+
+def load_run(run_dir: Path) -> dict:
+    """{'dir', 'config', 'metrics', 'finished'} of a run directory; DiffrlError if it is not one."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / "metrics.jsonl").is_file():
+        raise DiffrlError(f"{run_dir} is not a diffrl run directory (needs {CONFIG_FILE} and metrics.jsonl)")
+    config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir),
+            "finished": last_epoch(run_dir) == config["run"]["epochs"]}
+
+
+def default_label(config: dict) -> str:
+    """How `diffrl report` groups runs: algorithm and K (+ B2); seeds are replicates."""
+    return f"{config['train']['algo']} K={config['sample']['k']}" + (" B2" if config["b2"]["enabled"] else "")
+
+
+def run_curves(metrics: list[dict]) -> dict[str, list[tuple[int, float, float, float]]]:
+    """metric -> [(epoch, images_seen, train_seconds, value)] for reward_mean and every eval/* metric.
+
+    train_seconds is cumulative sample_s + reward_s + train_s: the wall-clock the method spent, without
+    held-out evaluation, checkpointing or model loading (identical for every method).
+    """
+    curves: dict[str, list] = {}
+    images, seconds = 0, 0.0
+    for rec in sorted(metrics, key=lambda r: r["epoch"]):
+        images = rec.get("images_seen", images)
+        seconds += sum(rec.get(k, 0.0) for k in ("sample_s", "reward_s", "train_s"))
+        for key, value in rec.items():
+            if (key == "reward_mean" or key.startswith("eval/")) and isinstance(value, (int, float)):
+                curves.setdefault(key, []).append((rec["epoch"], images, seconds, float(value)))
+    return curves
+
+
+def summarize(groups: dict[str, list[dict]]) -> dict:
+    """Per group: curves (mean and 80% PI over seeds at the epochs all seeds logged) and final values."""
+    out = {}
+    for label, runs in groups.items():
+        per_run = [run_curves(r["metrics"]) for r in runs]
+        keys = sorted(set.intersection(*(set(c) for c in per_run)), key=lambda k: (k != "reward_mean", k))
+        curves, final = {}, {}
+        for key in keys:
+            by_epoch = [{e: (i, s, v) for e, i, s, v in c[key]} for c in per_run]
+            epochs = sorted(set.intersection(*(set(b) for b in by_epoch)))
+            points = []
+            for e in epochs:
+                rows = np.array([b[e] for b in by_epoch])  # (seeds, 3)
+                pi = prediction_interval(rows[:, 2])
+                points.append({"epoch": e, "images": float(rows[:, 0].mean()), "seconds": float(rows[:, 1].mean()),
+                               **{k: pi[k] for k in ("mean", "pi_low", "pi_high", "n")}})
+            curves[key] = points
+            final[key] = prediction_interval([b[epochs[-1]][2] for b in by_epoch]) if epochs else {}
+        last = [r["metrics"][-1] for r in runs if r["metrics"]]
+        out[label] = {
+            "runs": [str(r["dir"]) for r in runs], "seeds": [r["config"]["run"]["seed"] for r in runs],
+            "algo": runs[0]["config"]["train"]["algo"], "k": runs[0]["config"]["sample"]["k"],
+            "images": [int(rec.get("images_seen", 0)) for rec in last],
+            "train_seconds": [run_curves(r["metrics"]).get("reward_mean", [(0, 0, 0.0, 0)])[-1][2] for r in runs],
+            "final": final, "curves": curves,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- figures and HTML
+
+
+def plot(summary: dict, x: str, path: Path) -> None:
+    """One panel per metric; mean over seeds with the 80% prediction band. x: 'images' or 'seconds'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for g in summary.values() for k in g["curves"]}, key=lambda k: (k != "reward_mean", k))
+    fig, axes = plt.subplots(1, max(len(keys), 1), figsize=(4.2 * max(len(keys), 1), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, group in summary.items():
+            points = group["curves"].get(key, [])
+            if not points:
+                continue
+            xs = [p[x] for p in points]
+            line, = ax.plot(xs, [p["mean"] for p in points], marker="o" if len(points) < 25 else None, ms=3,
+                            label=f"{label} (n={points[-1]['n']})")
+            ax.fill_between(xs, [p["pi_low"] for p in points], [p["pi_high"] for p in points],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_title("training reward" if key == "reward_mean" else f"held-out {key[5:]}")
+        ax.set_xlabel("images sampled" if x == "images" else "wall-clock seconds (sample + reward + train)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("mean over seeds, shaded: 80% prediction interval", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(stat: dict) -> str:
+    if not stat or not math.isfinite(stat.get("mean", float("nan"))):
+        return "-"
+    band = f" [{stat['pi_low']:.3f}, {stat['pi_high']:.3f}]" if math.isfinite(stat["pi_low"]) else ""
+    return f"{stat['mean']:.3f}{band}"
+
+
+def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl report", extra: dict | None = None) -> dict:
+    """report.json, reward_vs_images.png, reward_vs_wallclock.png and report.html under `out`; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(groups)
+    plot(summary, "images", out / "reward_vs_images.png")
+    plot(summary, "seconds", out / "reward_vs_wallclock.png")
+    (out / "report.json").write_text(json.dumps({"schema": "diffrl.report/1", "groups": summary, **(extra or {})},
+                                                indent=1))
+    keys = sorted({k for g in summary.values() for k in g["final"]}, key=lambda k: (k != "reward_mean", k))
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(label)}</td><td>{len(g['runs'])}</td><td>{int(np.mean(g['images']))}</td>"
+        f"<td>{np.mean(g['train_seconds']):.1f}</td>" + "".join(f"<td>{_fmt(g['final'].get(k, {}))}</td>" for k in keys)
+        + "</tr>" for label, g in summary.items())
+    grids = ""
+    for label, runs in groups.items():
+        for run in runs:
+            image = Path(run["dir"]) / "before_after.png"
+            if image.is_file():
+                rel = os.path.relpath(image.resolve(), out.resolve())
+                grids += (f"<figure><figcaption>{esc(label)}, seed {run['config']['run']['seed']}</figcaption>"
+                          f"<img src='{esc(rel)}'></figure>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:3px 8px}}img{{max-width:100%}}figure{{display:inline-block;margin:8px;vertical-align:top}}</style></head><body>
+<h1>{esc(title)}</h1>
+<p>Final values: mean over seeds [80% prediction interval: mean &plusmn; t<sub>0.9,n-1</sub> s &radic;(1+1/n)].
+Wall-clock is the summed sample + reward + train time of the epochs (no evaluation or checkpointing).</p>
+<table><tr><th>method</th><th>seeds</th><th>images</th><th>train s</th>{''.join(f'<th>{esc(k)}</th>' for k in keys)}</tr>
+{rows}</table>
+<h2>Reward vs images sampled</h2><img src="reward_vs_images.png">
+<h2>Reward vs wall-clock</h2><img src="reward_vs_wallclock.png">
+<h2>Held-out images before / after (same seeds)</h2>{grids or '<p>none</p>'}
+</body></html>"""
+    (out / "report.html").write_text(page)
+    return summary

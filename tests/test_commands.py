@@ -1,0 +1,175 @@
+"""`diffrl evaluate | compare | report` through the real CLI on the tiny pipeline, plus the interval math by hand."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from diffrl.cli import main
+from diffrl.report import mean_ci, prediction_interval, t_quantile
+
+TRAIN = ["--set", "sample.num_steps=2", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_images_per_prompt=1",
+         "--set", "run.tensorboard=false", "--set", "run.progress=false", "--set", "train.learning_rate=1e-2",
+         "--set", "run.threads=1", "--reward", "brightness", "--k", "2"]
+BASE_SCORE = {"a red circle": 1.0, "a blue square": 2.0, "a green triangle": 4.0, "a yellow cat": 5.0}
+
+
+def category_prompts():
+    """Two categories of two prompts each (used as --prompts tests.test_commands:category_prompts)."""
+    return [(p, {"category": "color" if i < 2 else "shape"}) for i, p in enumerate(BASE_SCORE)]
+
+
+def prompt_reward(images, prompts, metadata):
+    """BASE_SCORE[prompt] -0.5 / +0.5 on alternate images: per-prompt means (2 images) are exactly BASE_SCORE."""
+    return np.array([BASE_SCORE[p] + (0.5 if i % 2 else -0.5) for i, p in enumerate(prompts)])
+
+
+# --------------------------------------------------------------------------- statistics by hand
+
+
+def test_t_quantiles_match_tables():
+    for p, df, expected in [(0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 3, 3.1824), (0.9, 1, 3.0777),
+                            (0.9, 2, 1.8856), (0.9, 4, 1.5332), (0.975, 30, 2.0423)]:
+        assert t_quantile(p, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_mean_ci_and_prediction_interval_by_hand():
+    # [1, 2, 4, 5]: mean 3, s = sqrt(10/3) = 1.825742, s/sqrt(4) = 0.912871, x t_{0.975,3} 3.182446 = 2.905163
+    ci = mean_ci([1, 2, 4, 5, float("nan")])
+    assert ci["n"] == 4 and ci["mean"] == 3.0
+    assert ci["half_width"] == pytest.approx(2.905163, abs=1e-6)
+    assert (ci["ci_low"], ci["ci_high"]) == pytest.approx((0.094837, 5.905163), abs=1e-6)
+    # [1, 2, 3]: mean 2, s = 1, x t_{0.9,2} 1.885618 x sqrt(4/3) 1.154701 = 2.177324
+    pi = prediction_interval([1, 2, 3])
+    assert (pi["pi_low"], pi["pi_high"]) == pytest.approx((2 - 2.177324, 2 + 2.177324), abs=1e-6)
+    assert math.isnan(mean_ci([7.0])["half_width"]) and math.isnan(prediction_interval([7.0])["pi_low"])
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(model, out, *extra):
+    return main(["evaluate", "--model", str(model), "--prompts", "tests.test_commands:category_prompts",
+                 "--reward", "tests.test_commands:prompt_reward", "--images-per-prompt", "2", "--steps", "2",
+                 "--threads", "1", "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_pipeline_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        assert _evaluate(tiny_pipeline_dir, root / name, "--seed", seed) == 0
+    return root
+
+
+def test_evaluate_json_schema_and_ci(evaluated):
+    result = json.loads((evaluated / "a" / "results.json").read_text())
+    assert result["schema"] == "diffrl.evaluate/1"
+    assert (result["num_prompts"], result["images_per_prompt"], result["seed"]) == (4, 2, 3)
+    assert result["sampling"]["num_steps"] == 2 and result["ci"]["unit"] == "prompt"
+    stats = result["metrics"]["tests.test_commands:prompt_reward"]
+    # Per-prompt means 1, 2, 4, 5 (the +-0.5 cancels): over prompts n = 4, not over the 8 images.
+    assert stats["overall"]["n"] == 4 and stats["overall"]["mean"] == pytest.approx(3.0)
+    assert stats["overall"]["half_width"] == pytest.approx(2.905163, abs=1e-6)
+    # color: [1, 2] -> mean 1.5, s = 0.707107, s/sqrt(2) = 0.5, x t_{0.975,1} 12.706205 = 6.353102
+    color, shape = stats["categories"]["color"], stats["categories"]["shape"]
+    assert (color["mean"], shape["mean"]) == pytest.approx((1.5, 4.5))
+    assert color["half_width"] == pytest.approx(6.353102, abs=1e-6) == shape["half_width"]
+    assert [p["scores"]["tests.test_commands:prompt_reward"] for p in result["per_prompt"]] == [1, 2, 4, 5]
+    assert (evaluated / "a" / "grid.png").is_file()
+
+
+def test_evaluate_same_seed_same_images(evaluated):
+    a, b, c = ((evaluated / n / "grid.png").read_bytes() for n in "abc")
+    assert a == b and a != c
+
+
+# --------------------------------------------------------------------------- compare and report
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_pipeline_dir, prompt_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    common = ["--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--set",
+              f"run.eval_prompts={prompt_file}", "--seeds", "2", "--budget", "7", "--out", str(out), *TRAIN]
+    assert main(["compare", "--algos", "loop,reinforce-loo", *common]) == 0
+    first = json.loads((out / "compare.json").read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/metrics.jsonl")}
+    assert main(["compare", "--algos", "loop,reinforce-loo,ppo", *common]) == 0
+    return out, first, stamps
+
+
+def test_compare_writes_json_figures_html(compared):
+    out, first, _ = compared
+    assert first["schema"] == "diffrl.compare/1" and first["budget"] == 7
+    assert set(first["methods"]) == {"loop", "reinforce-loo"}
+    loop = first["methods"]["loop"]
+    assert (loop["images_per_epoch"], loop["epochs"]) == (4, 2)  # ceil(7 / 4)
+    for seed in ("0", "1"):
+        run = loop["runs"][seed]
+        assert run["images"] == 8 and run["wall_s"] > 0 and run["train_s"] > 0
+        assert "eval/brightness" in run["final"]
+    final = first["summary"]["loop"]["final"]["eval/brightness"]
+    assert final["n"] == 2 and final["pi_low"] <= final["mean"] <= final["pi_high"]
+    for name in ("reward_vs_images.png", "reward_vs_wallclock.png", "report.html", "report.json"):
+        assert (out / name).is_file(), name
+    assert "before_after.png" in (out / "report.html").read_text()
+
+
+def test_second_compare_reuses_finished_runs(compared, capsys):
+    out, _, stamps = compared
+    assert len(stamps) == 4 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # not retrained
+    record = json.loads((out / "compare.json").read_text())
+    assert set(record["methods"]) == {"loop", "reinforce-loo", "ppo"}
+    assert set(record["methods"]["ppo"]["runs"]) == {"0", "1"}
+    assert record["methods"]["loop"]["runs"]["0"]["wall_s"] > 0  # kept from the first call
+    assert set(json.loads((out / "report.json").read_text())["groups"]) == {"loop", "reinforce-loo", "ppo"}
+    # Other shared settings into the same directory would mix experiments: refused before anything runs.
+    assert main(["compare", "--algos", "grpo", "--budget", "9", "--out", str(out), "--k", "2"]) == 2
+    assert "was made with other --budget" in capsys.readouterr().err
+    assert not (out / "runs" / "grpo").exists()
+
+
+def test_report_rebuilds_from_run_dirs(compared, tmp_path):
+    out, _, _ = compared
+    runs = sorted(str(p) for p in out.glob("runs/*/seed*"))
+    assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
+    groups = json.loads((tmp_path / "rep" / "report.json").read_text())["groups"]
+    assert set(groups) == {"loop K=2", "reinforce-loo K=2", "ppo K=2"}
+    assert groups["ppo K=2"]["seeds"] == [0, 1] and groups["ppo K=2"]["images"] == [8, 8]
+    curve = groups["loop K=2"]["curves"]["eval/brightness"]
+    assert [p["epoch"] for p in curve] == [0, 2] and [p["images"] for p in curve] == [0, 8]
+    assert (tmp_path / "rep" / "reward_vs_images.png").is_file() and (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_path):
+    out, _, _ = compared
+    run = out / "runs" / "loop" / "seed0"
+    common = ["--prompts", "tests.test_commands:category_prompts", "--reward", "brightness", "--threads", "1"]
+    assert main(["evaluate", "--model", str(tiny_pipeline_dir), "--steps", "2", "--out", str(tmp_path / "base"),
+                 *common]) == 0
+    assert main(["evaluate", "--lora", str(run), "--out", str(tmp_path / "tuned"), *common]) == 0
+    tuned = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert tuned["model"] == str(tiny_pipeline_dir) and tuned["sampling"]["num_steps"] == 2  # from the run's config
+    assert tuned["images_per_prompt"] == 1 and tuned["weights"].startswith("lora:")
+    assert (tmp_path / "base" / "grid.png").read_bytes() != (tmp_path / "tuned" / "grid.png").read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--algos", "loop,nope", "--budget", "8"], "unknown algorithm 'nope' in --algos"),
+    (["compare", "--algos", "loop", "--budget", "3"], "smaller than one epoch"),
+    (["compare", "--algos", "loop:k", "--budget", "8"], "expected ALGO:k=N"),
+    (["report", "{tmp}"], "is not a diffrl run directory"),
+    (["evaluate", "--lora", "{tmp}"], "not a run directory"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] == "compare":
+        argv += ["--out", str(tmp_path / "cmp"), "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file),
+                 "--k", "2", "--set", "sample.prompts_per_batch=2"]
+    elif argv[0] == "evaluate":
+        argv += ["--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--reward", "brightness"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "cmp").exists()
