@@ -169,6 +169,7 @@ def cmd_evaluate(args) -> int:
     from diffrl.evaluation import generate_fixed_seed, score_images
     from diffrl.models.pipeline import image_size, load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
+    from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
     from diffrl.runlog import image_grid
     from diffrl.sampling import Policy
@@ -230,7 +231,7 @@ def cmd_evaluate(args) -> int:
         "wall_s": time.perf_counter() - start,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.json").write_text(json.dumps(jsonable(result), indent=1))
     first = names[0]
     shown = min(len(images), 8 * n if n <= 8 else 64)
     image_grid(images[:shown], [f"{t} {v:.2f}" for t, v in zip(texts[:shown], scores[first][:shown])],

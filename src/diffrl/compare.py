@@ -21,7 +21,7 @@ import yaml
 
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError
-from diffrl.report import CONFIG_FILE, last_epoch, load_run, write_report
+from diffrl.report import CONFIG_FILE, jsonable, last_epoch, load_run, write_report
 
 SCHEMA = "diffrl.compare/1"
 # Settings that may differ between calls without making a run a different experiment.
@@ -154,6 +154,9 @@ def compare(methods: list[Method], seeds: list[int], budget: int, out: Path, con
             start = time.perf_counter()
             train(config, resume=state == "partial")
             wall = time.perf_counter() - start
+            if last_epoch(run_dir) != config.run.epochs:  # the trainer stopped on SIGINT/SIGTERM after a checkpoint
+                print(f"diffrl: compare: stopped during {method.label} seed {seed}; the same command resumes it")
+                raise KeyboardInterrupt
             trained += 1
         metrics = load_run(run_dir)["metrics"]
         entry["runs"][str(seed)] = {
@@ -162,12 +165,12 @@ def compare(methods: list[Method], seeds: list[int], budget: int, out: Path, con
             "final": {k: v for k, v in metrics[-1].items() if k == "reward_mean" or k.startswith("eval/")},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))  # after every run: an interrupted compare loses nothing
+        path.write_text(json.dumps(jsonable(record), indent=1))  # after every run: an interrupted compare loses nothing
     groups = {label: [load_run(Path(r["run_dir"])) for _, r in sorted(entry["runs"].items(), key=lambda kv: int(kv[0]))]
               for label, entry in record["methods"].items()}
     record["summary"] = {label: {k: g[k] for k in ("seeds", "images", "train_seconds", "final")}
                          for label, g in write_report(groups, out, title=f"diffrl compare ({budget} images per run)",
                                                       extra={"budget": budget}).items()}
-    path.write_text(json.dumps(record, indent=1))
+    path.write_text(json.dumps(jsonable(record), indent=1))
     print(f"diffrl: compare: {trained} run(s) trained, {reused} reused; wrote {path}, {out / 'report.html'}")
     return record

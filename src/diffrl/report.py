@@ -82,6 +82,17 @@ def prediction_interval(values, level: float = 0.8) -> dict:
     return {"mean": mean, "pi_low": mean - half, "pi_high": mean + half, "n": n, "values": [float(v) for v in x]}
 
 
+def jsonable(obj):
+    """NaN/inf -> None (null) recursively, so the JSON files are standard JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
 # --------------------------------------------------------------------------- runs
 
 
@@ -185,7 +196,7 @@ def plot(summary: dict, x: str, path: Path) -> None:
 
 
 def _fmt(stat: dict) -> str:
-    if not stat or not math.isfinite(stat.get("mean", float("nan"))):
+    if not stat or stat.get("mean") is None or not math.isfinite(stat["mean"]):
         return "-"
     band = f" [{stat['pi_low']:.3f}, {stat['pi_high']:.3f}]" if math.isfinite(stat["pi_low"]) else ""
     return f"{stat['mean']:.3f}{band}"
@@ -197,8 +208,8 @@ def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl 
     summary = summarize(groups)
     plot(summary, "images", out / "reward_vs_images.png")
     plot(summary, "seconds", out / "reward_vs_wallclock.png")
-    (out / "report.json").write_text(json.dumps({"schema": "diffrl.report/1", "groups": summary, **(extra or {})},
-                                                indent=1))
+    (out / "report.json").write_text(json.dumps(jsonable({"schema": "diffrl.report/1", "groups": summary,
+                                                         **(extra or {})}), indent=1))
     keys = sorted({k for g in summary.values() for k in g["final"]}, key=lambda k: (k != "reward_mean", k))
     esc = html.escape
     rows = "".join(
