@@ -155,6 +155,21 @@ def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_p
     assert (tmp_path / "base" / "grid.png").read_bytes() != (tmp_path / "tuned" / "grid.png").read_bytes()
 
 
+def test_evaluate_full_finetune_run_loads_its_unet(tiny_pipeline_dir, prompt_file, tmp_path):
+    from diffrl import load_config, train
+
+    run = tmp_path / "full"
+    overrides = {"model.pretrained": str(tiny_pipeline_dir), "model.lora": "false", "run.prompts": str(prompt_file),
+                 "run.eval_prompts": "none", "run.epochs": "1", "run.out": str(run), "run.reward": "brightness",
+                 "sample.num_steps": "2", "sample.k": "2", "sample.prompts_per_batch": "2", "run.progress": "false",
+                 "run.tensorboard": "false", "run.threads": "1", "train.learning_rate": "1e-2"}
+    train(load_config(overrides=overrides))
+    assert main(["evaluate", "--lora", str(run), "--prompts", str(prompt_file), "--images-per-prompt", "1",
+                 "--threads", "1", "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["weights"] == f"unet:{run / 'unet'}" and list(result["metrics"]) == ["brightness"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compare", "--algos", "loop,nope", "--budget", "8"], "unknown algorithm 'nope' in --algos"),
     (["compare", "--algos", "loop", "--budget", "3"], "smaller than one epoch"),

@@ -99,8 +99,12 @@ def cmd_report(args) -> int:
         groups.setdefault(default_label(run["config"]), []).append(run)
     if not groups:
         raise DiffrlError("no finished run among the given directories")
-    for runs in groups.values():
+    for label, runs in groups.items():
         runs.sort(key=lambda r: r["config"]["run"]["seed"])
+        settings = [{s: {k: v for k, v in sec.items() if k not in ("seed", "out", "progress", "threads")}
+                     for s, sec in r["config"].items()} for r in runs]
+        if any(x != settings[0] for x in settings[1:]):
+            print(f"diffrl: report: note: the runs of {label} differ in more than their seed")
     write_report(groups, args.out, title="diffrl report")
     print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
           f"wrote {args.out / 'report.html'}")
