@@ -108,6 +108,7 @@ def test_compare_writes_json_figures_html(compared):
     for seed in ("0", "1"):
         run = loop["runs"][seed]
         assert run["images"] == 8 and run["wall_s"] > 0 and run["train_s"] > 0
+        assert run["run_dir"] == f"runs/loop/seed{seed}"  # relative: the directory can move
         assert "eval/brightness" in run["final"]
     final = first["summary"]["loop"]["final"]["eval/brightness"]
     assert final["n"] == 2 and final["pi_low"] <= final["mean"] <= final["pi_high"]

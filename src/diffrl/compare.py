@@ -160,13 +160,13 @@ def compare(methods: list[Method], seeds: list[int], budget: int, out: Path, con
             trained += 1
         metrics = load_run(run_dir)["metrics"]
         entry["runs"][str(seed)] = {
-            "run_dir": str(run_dir), "images": int(metrics[-1].get("images_seen", 0)),
+            "run_dir": str(run_dir.relative_to(out)), "images": int(metrics[-1].get("images_seen", 0)),
             "wall_s": wall, "train_s": sum(r.get(k, 0.0) for r in metrics for k in ("sample_s", "reward_s", "train_s")),
             "final": {k: v for k, v in metrics[-1].items() if k == "reward_mean" or k.startswith("eval/")},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(jsonable(record), indent=1))  # after every run: an interrupted compare loses nothing
-    groups = {label: [load_run(Path(r["run_dir"])) for _, r in sorted(entry["runs"].items(), key=lambda kv: int(kv[0]))]
+    groups = {label: [load_run(out / r["run_dir"]) for _, r in sorted(entry["runs"].items(), key=lambda kv: int(kv[0]))]
               for label, entry in record["methods"].items()}
     record["summary"] = {label: {k: g[k] for k in ("seeds", "images", "train_seconds", "final")}
                          for label, g in write_report(groups, out, title=f"diffrl compare ({budget} images per run)",
