@@ -7,6 +7,7 @@ Formulas, JSON schemas and the LOOP-figure recipes: docs/evaluation.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -166,6 +167,17 @@ def summarize_scores(scores: dict[str, np.ndarray], categories: list[str], image
     return out
 
 
+def _grid_rows(images: np.ndarray, texts: list[str], scores: np.ndarray, categories: list[str], n: int,
+               rows: int = 16) -> tuple[np.ndarray, list[str]]:
+    """Up to `rows` prompts, taken from the categories in turn, each with its first min(n, 8) images."""
+    by_category: dict[str, list[int]] = {}
+    for i, category in enumerate(categories):
+        by_category.setdefault(category, []).append(i)
+    order = [i for group in itertools.zip_longest(*by_category.values()) for i in group if i is not None][:rows]
+    picked = [i * n + j for i in order for j in range(min(n, 8))]
+    return images[picked], [f"{texts[i]} {scores[i]:.2f}" for i in picked]
+
+
 def cmd_evaluate(args) -> int:
     import torch
 
@@ -237,9 +249,7 @@ def cmd_evaluate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(result), indent=1))
     first = names[0]
-    shown = min(len(images), 8 * n if n <= 8 else 64)
-    image_grid(images[:shown], [f"{t} {v:.2f}" for t, v in zip(texts[:shown], scores[first][:shown])],
-               columns=n if n <= 8 else 8).save(out / "grid.png")
+    image_grid(*_grid_rows(images, texts, scores[first], categories, n), columns=min(n, 8)).save(out / "grid.png")
 
     print(f"diffrl: evaluate: {len(prompts)} prompts x {n} images, seed {args.seed}, {steps} steps, guidance "
           f"{guidance}, eta {eta}; mean [95% CI over prompts]")
