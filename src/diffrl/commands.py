@@ -196,8 +196,8 @@ def cmd_evaluate(args) -> int:
         raise DiffrlError(f"--lora {lora}: directory not found")
     run = _run_config(lora)
     defaults = run or Config()
-    n = args.images_per_prompt or defaults.run.eval_images_per_prompt
-    steps = args.steps or defaults.sample.num_steps
+    n = defaults.run.eval_images_per_prompt if args.images_per_prompt is None else args.images_per_prompt
+    steps = defaults.sample.num_steps if args.steps is None else args.steps
     guidance = defaults.sample.guidance_scale if args.guidance is None else args.guidance
     eta = defaults.sample.eta if args.eta is None else args.eta
     if n < 1 or steps < 1 or eta <= 0 or guidance < 0:
