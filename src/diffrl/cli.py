@@ -6,7 +6,7 @@ import os
 import sys
 
 from diffrl.core.estimators import ESTIMATORS
-from diffrl.errors import DiffrlError
+from diffrl.errors import DiffrlError, RunHalted, RunInterrupted
 
 EXIT_BAD_INPUT = 2
 
@@ -131,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DiffrlError as err:
-        print(f"diffrl: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        stopped = isinstance(err, (RunHalted, RunInterrupted))
+        if not stopped or os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+            print(f"diffrl: {'stopped' if isinstance(err, RunInterrupted) else 'error'}: {err}", file=sys.stderr)
+        return err.exit_code  # 2 bad input, 3 halted by a fault, 128 + signal after SIGINT/SIGTERM
     except KeyboardInterrupt:
         print("diffrl: interrupted", file=sys.stderr)
         return 130

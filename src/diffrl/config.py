@@ -68,6 +68,7 @@ class TrainConfig:
     mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
     stat_buffer_size: int = opt(16, "ppo: per-prompt reward buffer length.")
     stat_min_count: int = opt(16, "ppo: rewards a prompt needs before its own statistics replace the batch's.")
+    max_consecutive_skips: int = opt(3, "Halt the run (exit 3) after this many skipped updates in a row (non-finite loss or gradient, or an epoch whose rewards are all NaN/inf); the newest checkpoint is then from before the fault.")
 
 
 @dataclass
@@ -99,6 +100,7 @@ class RunConfig:
     wandb: bool = opt(False, "Also log to Weights & Biases (pip install wandb).")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
     progress: bool = opt(True, "Show a progress bar.")
+    early_stop_drop: float | None = opt(None, "Stop early when the held-out reward (first reward part) falls more than this below its best so far (None: off; needs run.eval_prompts and run.eval_every >= 1).")
 
 
 @dataclass
@@ -150,7 +152,10 @@ def _coerce(value: Any, annotation: Any, key: str, from_string: bool) -> Any:
             value = int(value)
         if not isinstance(value, (int, float)) or (hint is int and not isinstance(value, int)):
             raise DiffrlError(f"config key {key!r}: expected {hint.__name__}, got {value!r}")
-        return hint(value)
+        try:
+            return hint(value)
+        except OverflowError:  # an integer too large for a float
+            raise DiffrlError(f"config key {key!r}: {value!r} is out of range for a {hint.__name__}") from None
     if hint is str:
         if not isinstance(value, str):
             raise DiffrlError(f"config key {key!r}: expected a string, got {value!r}")
@@ -165,22 +170,28 @@ def _fields(section: Any) -> dict[str, dataclasses.Field]:
 def apply_mapping(config: Config, mapping: dict, from_string: bool = False, prefix: str = "") -> Config:
     """Set nested keys of `config` from a dict ({"train": {"algo": "ppo"}} or {"train.algo": "ppo"})."""
     for raw_key, value in mapping.items():
+        if not isinstance(raw_key, str):  # YAML allows numbers, dates... as keys
+            raise DiffrlError(f"config key {raw_key!r} must be a string such as train.algo")
         key = f"{prefix}{raw_key}"
         if "." in raw_key:
             section_name, _, rest = raw_key.partition(".")
             apply_mapping(config, {section_name: {rest: value}}, from_string, prefix)
             continue
         if isinstance(value, dict) and not prefix:
-            section = getattr(config, raw_key, None)
+            section = getattr(config, raw_key) if raw_key in _fields(config) else None  # not __class__ & co.
             if section is None or not dataclasses.is_dataclass(section):
                 raise DiffrlError(f"unknown config section {key!r}; sections: {', '.join(_fields(config))}")
             for name, item in value.items():
                 fields = _fields(section)
+                if not isinstance(name, str):
+                    raise DiffrlError(f"config key {name!r} in section {raw_key!r} must be a string")
                 if name not in fields:
                     raise DiffrlError(f"unknown config key '{raw_key}.{name}'; {raw_key} has: {', '.join(fields)}")
                 hints = typing.get_type_hints(type(section))
                 setattr(section, name, _coerce(item, hints[name], f"{raw_key}.{name}", from_string))
             continue
+        if raw_key in _fields(config) and not prefix:
+            raise DiffrlError(f"config section {key!r} must be a table of keys, got {value!r}")
         raise DiffrlError(f"config key {key!r} is not inside a section (write e.g. train.{raw_key})")
     return config
 
@@ -254,6 +265,10 @@ def validate(config: Config) -> Config:
         (r.eval_images_per_prompt >= 1, "run.eval_images_per_prompt must be >= 1"),
         (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
         (r.threads is None or r.threads >= 1, "run.threads must be >= 1"),
+        (t.max_consecutive_skips >= 1, "train.max_consecutive_skips must be >= 1"),
+        (r.early_stop_drop is None or r.early_stop_drop > 0, "run.early_stop_drop must be > 0 (or none: off)"),
+        (r.early_stop_drop is None or (r.eval_prompts is not None and r.eval_every >= 1),
+         "run.early_stop_drop needs held-out evaluation: set run.eval_prompts and run.eval_every >= 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -279,6 +294,29 @@ def validate(config: Config) -> Config:
             if not ok:
                 raise DiffrlError(message)
     return config
+
+
+# Keys that may change when a run is resumed: they do not enter the math of the remaining updates.
+# (train.chunk_size only regroups the same sums; floating-point rounding may differ in the last bits.)
+RESUMABLE_KEYS = frozenset({
+    "run.out", "run.epochs", "run.save_every", "run.image_every", "run.eval_every", "run.eval_prompts",
+    "run.eval_images_per_prompt", "run.progress", "run.threads", "run.keep_checkpoints", "run.tensorboard",
+    "run.wandb", "run.early_stop_drop", "train.max_consecutive_skips", "train.chunk_size",
+})
+
+
+def resume_conflicts(saved: Config, new: Config) -> list[str]:
+    """Keys outside RESUMABLE_KEYS whose values differ, as 'key (old -> new)'; empty when resuming is safe."""
+    def flat(config: Config) -> dict:
+        return {f"{section}.{key}": value for section, fields in config.to_dict().items() for key, value in fields.items()}
+
+    old, now = flat(saved), flat(new)
+    return [f"{key} ({old[key]!r} -> {now[key]!r})" for key in now
+            if key not in RESUMABLE_KEYS and old.get(key) != now[key] and not _both_nan(old.get(key), now[key])]
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and a != a and b != b
 
 
 def minibatches(config: Config) -> int:

@@ -38,9 +38,10 @@ class RunLogger:
         """On resume from the checkpoint taken after `epoch`, drop later lines so no epoch appears twice."""
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", -1) <= epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in self.metrics_path.read_text().splitlines() if _epoch_of(line) <= epoch]
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")  # replaced atomically
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_path)
 
     def log(self, metrics: dict, epoch: int) -> None:
         record = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
@@ -58,6 +59,14 @@ class RunLogger:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _epoch_of(line: str) -> float:
+    """A metrics line's epoch; a line torn by a kill mid-write (or blank) sorts after every epoch and is dropped."""
+    try:
+        return json.loads(line).get("epoch", math.inf)
+    except (ValueError, AttributeError):
+        return math.inf
 
 
 def _plain(value):

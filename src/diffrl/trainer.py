@@ -12,6 +12,7 @@ import dataclasses
 from contextlib import nullcontext
 import math
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,11 +24,11 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from diffrl import checkpoint as ckpt
-from diffrl.config import Config, minibatches, validate
+from diffrl.config import RESUMABLE_KEYS, Config, load_config, minibatches, resume_conflicts, validate
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.estimators import ESTIMATORS, compute_advantages
-from diffrl.errors import DiffrlError
+from diffrl.errors import DiffrlError, RunHalted, RunInterrupted
 from diffrl.evaluation import generate_fixed_seed, score_images
 from diffrl.models.pipeline import add_lora, image_size, load_pipeline, resolve_model, save_lora
 from diffrl.prompts import load_prompts
@@ -38,20 +39,43 @@ from diffrl.sampling import Policy, Trajectories, ddim_timesteps, encode_prompts
 CONFIG_FILE = "config.yaml"
 
 
-def prepare_run_dir(out: Path, resume: bool) -> None:
+def prepare_run_dir(out: Path, resume: bool, config: Config | None = None) -> None:
+    """Check the run directory before anything loads. Writes nothing: the directory appears with config.yaml."""
     if resume:
         if not (out / CONFIG_FILE).is_file():
             raise DiffrlError(f"{out} is not a diffrl run directory (no {CONFIG_FILE}); cannot resume")
+        if config is not None:
+            check_resumable(out, config)
         return
     if (out / "checkpoints").exists():
         raise DiffrlError(f"{out} already holds a run; use --resume {out} or another --out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest existing ancestor must accept a new directory
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a path component is not a directory")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as err:
-        raise DiffrlError(f"output directory {out} is not writable: {err.strerror}") from None
+        raise DiffrlError(f"output directory {out} is not writable: {err.strerror or err}") from None
+
+
+def check_resumable(out: Path, config: Config) -> None:
+    """Refuse to resume with settings that change the math of the remaining updates (config.RESUMABLE_KEYS may differ)."""
+    saved = load_config(out / CONFIG_FILE)
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
+        raise DiffrlError(f"cannot resume {out} with different settings: {'; '.join(conflicts)} "
+                          f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change; start a new run with --out)")
+
+
+def write_config(out: Path, config: Config) -> None:
+    """config.yaml, replaced atomically (resume reads it back; a resume records the allowed changes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(out / CONFIG_FILE)
 
 
 class StopRequested:
@@ -97,7 +121,7 @@ def train(config: Config, resume: bool = False) -> Path:
     eval_prompts = load_prompts(r.eval_prompts).all() if r.eval_prompts else None
     reward_fn = parse_reward_spec(r.reward)
     resolve_model(config.model.pretrained)
-    prepare_run_dir(out, resume)
+    prepare_run_dir(out, resume, config)
 
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
@@ -139,26 +163,20 @@ def train(config: Config, resume: bool = False) -> Path:
     prompt_rng = np.random.default_rng([r.seed, rank])
     noise_gen = torch.Generator().manual_seed(r.seed * 7919 + rank)
     train_gen = torch.Generator().manual_seed(r.seed * 104729 + 1)  # same on every rank
-    counters = {"epoch": 0, "skipped_updates": 0, "nan_rewards": 0, "images_seen": 0}
+    # consecutive_skips: skipped updates in a row (the guard); best_eval: [held-out reward, epoch] (early stop)
+    counters = {"epoch": 0, "skipped_updates": 0, "nan_rewards": 0, "images_seen": 0, "consecutive_skips": 0,
+                "best_eval": None}
 
+    restored = None
     if resume:
-        last = ckpt.list_checkpoints(out)
-        if last:
-            weights, optimizer_state, state = ckpt.load_checkpoint(last[-1])
-            with torch.no_grad():
-                for name, param in trainable.items():
-                    param.copy_(weights[name])
-            optimizer.load_state_dict(optimizer_state)
-            tracker.load_state_dict(state["tracker"])
-            history.load_state_dict(state["history"])
-            prompt_rng.bit_generator.state = state["prompt_rng"][rank]
-            noise_gen.set_state(state["torch_rng"]["noise"][rank])
-            train_gen.set_state(state["torch_rng"]["train"])
-            counters = state["counters"]
-    elif accelerator.is_main_process:
-        (out / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        restored = restore(out, trainable, optimizer, tracker, history, prompt_rng, noise_gen, train_gen, rank, world)
+        counters.update(restored or {})
+    if accelerator.is_main_process:
+        write_config(out, config)
+    # Resuming drops metrics logged after the restored checkpoint (all of them when there was none yet).
     logger = RunLogger(out, r.tensorboard, config.to_dict() if r.wandb else None,
-                       resume_step=counters["epoch"] if resume else None) if accelerator.is_main_process else None
+                       resume_step=(counters["epoch"] if restored else -1) if resume else None
+                       ) if accelerator.is_main_process else None
 
     def evaluate(tag: str) -> dict:
         if eval_prompts is None:
@@ -180,39 +198,117 @@ def train(config: Config, resume: bool = False) -> Path:
     if accelerator.is_main_process:
         print(f"diffrl: {estimator.name} ({estimator.summary}); {per_epoch * s.batches_per_epoch * world} images/epoch "
               f"({world} process(es)), {minibatches(config)} update(s) x {t.inner_epochs} inner epoch(s); run dir {out}")
-    if counters["epoch"] == 0 and logger is not None:
-        logger.log(evaluate("before"), epoch=0)
+    eval_key = f"eval/{eval_reward_names(config, eval_prompts)[0]}"
+    if counters["epoch"] == 0:
+        before = evaluate("before")
+        track_eval(counters, before, eval_key, 0, r.early_stop_drop)
+        if logger is not None:
+            logger.log(before, epoch=0)
 
     bar = tqdm(total=r.epochs, initial=counters["epoch"], disable=not (r.progress and accelerator.is_main_process),
                desc="epochs", dynamic_ncols=True)
-    with StopRequested() as stop:
-        for epoch in range(counters["epoch"], r.epochs):
-            metrics = run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer, trainable, estimator,
-                                prompt_source, reward_fn, tracker, history, prompt_rng, noise_gen, train_gen,
-                                timesteps, prev_timesteps, latent_shape, uncond, counters, out, logger)
-            counters["epoch"] = epoch + 1
-            done = epoch + 1 == r.epochs
-            if r.eval_every and ((epoch + 1) % r.eval_every == 0) or done:
-                metrics.update(evaluate("after" if done else f"{epoch + 1:05d}"))
-            if logger is not None:
-                logger.log(metrics, epoch=epoch + 1)
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
-            if done or (epoch + 1) % r.save_every == 0 or stop.signal is not None:
-                save(accelerator, out, config, unet, trainable, optimizer, tracker, history, prompt_rng, noise_gen,
-                     train_gen, counters)
-            if stop.signal is not None:
-                bar.close()
-                accelerator.print(f"diffrl: stopped by signal {stop.signal} after epoch {epoch + 1}; "
-                                  f"resume with: diffrl train --resume {out}")
-                break
-    bar.close()
+    save_pending = False  # a checkpoint due while updates were being skipped waits for a clean epoch
+    try:
+        with StopRequested() as stop:
+            for epoch in range(counters["epoch"], r.epochs):
+                metrics = run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer, trainable,
+                                    estimator, prompt_source, reward_fn, tracker, history, prompt_rng, noise_gen,
+                                    train_gen, timesteps, prev_timesteps, latent_shape, uncond, counters, out, logger)
+                counters["epoch"] = epoch + 1
+                done = epoch + 1 == r.epochs
+                if r.eval_every and ((epoch + 1) % r.eval_every == 0) or done:
+                    metrics.update(evaluate("after" if done else f"{epoch + 1:05d}"))
+                collapse = track_eval(counters, metrics, eval_key, epoch + 1, r.early_stop_drop)
+                if logger is not None:
+                    logger.log(metrics, epoch=epoch + 1)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
+
+                # ---- guards, signals, checkpoint
+                if counters["consecutive_skips"] >= t.max_consecutive_skips:  # same count on every rank
+                    raise RunHalted(halt_message(out, counters))  # no save: the newest checkpoint predates the fault
+                signum, collapse_flag = agree(accelerator, stop.signal or 0, collapse is not None)
+                stopping = done or signum or collapse_flag
+                due = stopping or (epoch + 1) % r.save_every == 0 or save_pending
+                save_pending = bool(due and not stopping and counters["consecutive_skips"])
+                if due and not save_pending:
+                    save(accelerator, out, config, unet, trainable, optimizer, tracker, history, prompt_rng,
+                         noise_gen, train_gen, counters)
+                if collapse_flag and not done:
+                    accelerator.print(f"diffrl: early stop after epoch {epoch + 1}: {collapse}")
+                    break
+                if signum and not done:
+                    raise RunInterrupted(f"{signal.Signals(signum).name} after epoch {epoch + 1}; checkpoint "
+                                         f"{ckpt.checkpoint_path(out, epoch + 1)} written; resume with: "
+                                         f"diffrl train --resume {out}", signum)
+    finally:
+        bar.close()
+        if logger is not None:
+            logger.close()
     if logger is not None:
         finish_report(out)
-        logger.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def restore(out, trainable, optimizer, tracker, history, prompt_rng, noise_gen, train_gen, rank, world) -> dict | None:
+    """Load the newest readable checkpoint into the live objects; returns its counters (None: no checkpoint yet)."""
+    found = ckpt.load_latest(out)
+    if found is None:
+        return None  # killed before its first checkpoint: the run starts over, from the same seed
+    path, (weights, optimizer_state, state) = found
+    if len(state["prompt_rng"]) != world:
+        raise DiffrlError(f"{path} was written by {len(state['prompt_rng'])} process(es); resume with the same number "
+                          f"(this launch has {world})")
+    mismatch = sorted(set(weights) ^ set(trainable)) or [n for n, p in trainable.items() if weights[n].shape != p.shape]
+    if mismatch:
+        raise DiffrlError(f"{path} does not match this model's trainable weights (e.g. {mismatch[0]}); cannot resume")
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(weights[name])
+    optimizer.load_state_dict(optimizer_state)
+    tracker.load_state_dict(state["tracker"])
+    history.load_state_dict(state["history"])
+    prompt_rng.bit_generator.state = state["prompt_rng"][rank]
+    noise_gen.set_state(state["torch_rng"]["noise"][rank])
+    train_gen.set_state(state["torch_rng"]["train"])
+    return state["counters"]
+
+
+def agree(accelerator, signum: int, flag: bool) -> tuple[int, bool]:
+    """One decision for every rank: the largest pending signal number and whether any rank raised `flag`.
+
+    A signal may reach a single process (Ctrl-C in one terminal, a per-process OOM killer warning);
+    without this, that rank would stop at a collective the others never reach.
+    """
+    if accelerator.num_processes == 1:
+        return signum, flag
+    votes = accelerator.gather(torch.tensor([[float(signum), float(flag)]], device=accelerator.device)).cpu()
+    return int(votes[:, 0].max()), bool(votes[:, 1].max() > 0)
+
+
+def track_eval(counters: dict, metrics: dict, key: str, epoch: int, drop: float | None) -> str | None:
+    """Record the best held-out reward; returns why to stop when it has fallen more than `drop` below it."""
+    value = metrics.get(key)
+    if value is None or not math.isfinite(value):
+        return None
+    best = counters.get("best_eval")
+    if best is None or value > best[0]:
+        counters["best_eval"] = [value, epoch]
+        return None
+    if drop is not None and best[0] - value > drop:
+        return (f"held-out {key[len('eval/'):]} is {value:.4g}, more than run.early_stop_drop={drop:g} below its best "
+                f"{best[0]:.4g} (epoch {best[1]})")
+    return None
+
+
+def halt_message(out: Path, counters: dict) -> str:
+    newest = ckpt.list_checkpoints(out)
+    where = f"newest checkpoint {newest[-1]}" if newest else "no checkpoint yet"
+    return (f"{counters['consecutive_skips']} updates in a row were skipped (non-finite loss or gradient, or no finite "
+            f"reward) at epoch {counters['epoch']}; {where}; fix the cause (lower train.learning_rate, check the reward), "
+            f"then: diffrl train --resume {out}")
 
 
 def eval_reward_names(config: Config, eval_prompts) -> list[str]:
@@ -306,8 +402,12 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
     selected = torch.nonzero(torch.as_tensor(keep[mine])).reshape(-1)
 
     # ---- update: clipped surrogate or policy gradient over (sample, step) pairs
-    stats = update(config, accelerator, train_policy, optimizer, trainable, estimator, traj, embeds, uncond,
-                   advantages, selected, first_step, end_step, train_gen, counters)
+    if finite.any():
+        stats = update(config, accelerator, train_policy, optimizer, trainable, estimator, traj, embeds, uncond,
+                       advantages, selected, first_step, end_step, train_gen, counters)
+    else:  # not one finite reward on any rank: nothing to learn from; counts as one skipped update
+        stats = {"updates": 0}
+        count_update(counters, applied=False)
     trained = time.perf_counter()
     if accelerator.num_processes > 1:
         # Replicas must stay identical; a spread above 0 means gradients were not synchronized.
@@ -346,7 +446,7 @@ def update(config, accelerator, train_policy, optimizer, trainable, estimator, t
     t = config.train
     steps_per_sample = max(1, math.ceil(t.timestep_fraction * (end_step - first_step)))
     sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0, "grad_norm": 0.0}
-    updates = 0
+    updates = applied = 0
     for _ in range(t.inner_epochs):
         order = selected[torch.randperm(len(selected), generator=train_gen)]
         for minibatch in torch.tensor_split(order, minibatches(config)):
@@ -360,23 +460,46 @@ def update(config, accelerator, train_policy, optimizer, trainable, estimator, t
                 # Keep collectives aligned across ranks: one zero-weighted pair.
                 pair_sample, pair_step, weight_all = torch.zeros(1, dtype=torch.long), torch.full((1,), first_step), 0.0
             chunks = list(zip(pair_sample.split(t.chunk_size), pair_step.split(t.chunk_size)))
+            step = dict.fromkeys(("loss", "approx_kl", "clip_fraction", "ratio_mean"), 0.0)
             for i, (ps, pt) in enumerate(chunks):
                 sync = i == len(chunks) - 1
                 with accelerator.no_sync(train_policy.unet) if not sync else nullcontext():
                     terms = pair_loss(accelerator, train_policy, estimator, traj, embeds, uncond, advantages, ps, pt,
                                       t.clip_range)
+                    # backward even on a non-finite loss: every rank must reach DDP's gradient all-reduce
                     accelerator.backward(terms.loss * (weight_all * len(ps) / len(pair_sample)))
-                for key in ("loss", "approx_kl", "clip_fraction", "ratio_mean"):
-                    sums[key] += float(getattr(terms, key).detach()) * len(ps) / len(pair_sample)
+                for key in step:
+                    step[key] += float(getattr(terms, key).detach()) * len(ps) / len(pair_sample)
             grad_norm = accelerator.clip_grad_norm_(list(trainable.values()), t.max_grad_norm)
-            if torch.isfinite(torch.as_tensor(grad_norm)):
+            # A non-finite loss or gradient never reaches the weights (nor AdamW's moments).
+            finite = step_is_finite(accelerator, math.isfinite(step["loss"]), grad_norm)
+            if finite:
                 optimizer.step()
+                for key, value in step.items():
+                    sums[key] += value
                 sums["grad_norm"] += float(grad_norm)
-            else:
-                counters["skipped_updates"] += 1  # a non-finite gradient never reaches the weights
+                applied += 1
+            count_update(counters, applied=finite)
             optimizer.zero_grad(set_to_none=True)
             updates += 1
-    return {k: v / max(updates, 1) for k, v in sums.items()} | {"updates": updates}
+    return {k: v / max(applied, 1) for k, v in sums.items()} | {"updates": applied}
+
+
+def step_is_finite(accelerator, loss_finite: bool, grad_norm) -> bool:
+    """Whether to apply this optimizer step: finite loss and gradient norm on every rank (one decision for all)."""
+    ok = loss_finite and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+    if accelerator.num_processes > 1:  # the gradient is all-reduced, the loss is not
+        ok = bool(accelerator.gather(torch.tensor([float(ok)], device=accelerator.device)).min() > 0)
+    return ok
+
+
+def count_update(counters: dict, applied: bool) -> None:
+    """The skip guard's bookkeeping: total skipped updates and the current run of them."""
+    if applied:
+        counters["consecutive_skips"] = 0
+    else:
+        counters["skipped_updates"] += 1
+        counters["consecutive_skips"] += 1
 
 
 def pair_loss(accelerator, train_policy, estimator, traj, embeds, uncond, advantages, sample_ids, step_ids, clip_range):
@@ -400,16 +523,22 @@ def save(accelerator, out, config, unet, trainable, optimizer, tracker, history,
         [prompt_rng.bit_generator.state]
     noise_states = gather_object([noise_gen.get_state()]) if accelerator.num_processes > 1 else [noise_gen.get_state()]
     accelerator.wait_for_everyone()
+    error = None
     if accelerator.is_main_process:
         state = {"counters": dict(counters), "tracker": tracker.state_dict(), "history": history.state_dict(),
                  "prompt_rng": prompt_states, "torch_rng": {"noise": noise_states, "train": train_gen.get_state()}}
-        ckpt.save_checkpoint(out, counters["epoch"], dict(trainable), optimizer.state_dict(), state,
-                             config.run.keep_checkpoints)
-        if config.model.lora:
-            save_lora(unet, out / "lora")
-        else:
-            unet.save_pretrained(out / "unet", safe_serialization=True)
-    accelerator.wait_for_everyone()
+        try:
+            ckpt.save_checkpoint(out, counters["epoch"], dict(trainable), optimizer.state_dict(), state,
+                                 config.run.keep_checkpoints)
+            if config.model.lora:
+                ckpt.replace_dir(out / "lora", lambda tmp: save_lora(unet, tmp))
+            else:
+                ckpt.replace_dir(out / "unet", lambda tmp: unet.save_pretrained(tmp, safe_serialization=True))
+        except RunHalted as err:  # disk full: every rank must hear of it, or they would wait here forever
+            error = err
+    _, failed = agree(accelerator, 0, error is not None)  # also the barrier after the write
+    if failed:
+        raise error or RunHalted(f"the main process could not write checkpoint {ckpt.checkpoint_path(out, counters['epoch'])}")
 
 
 def finish_report(out: Path) -> None:
