@@ -85,7 +85,7 @@ class B2Config:
 
 @dataclass
 class RunConfig:
-    out: str = opt("runs/latest", "Run directory.")
+    out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
     epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update).")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")

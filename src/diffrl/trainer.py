@@ -103,10 +103,21 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
+def run_directory(config: Config, accelerator: Accelerator) -> Path:
+    """`run.out`, or runs/<date>-<time>-<algo> chosen by the main process and shared with every rank."""
+    if config.run.out is None:
+        from accelerate.utils import broadcast_object_list
+
+        name = [f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.train.algo}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        config.run.out = name[0]  # recorded in config.yaml
+    return Path(config.run.out)
+
+
 def train(config: Config, resume: bool = False) -> Path:
     """Run (or resume) RL fine-tuning as configured; returns the run directory."""
     validate(config)
-    out = Path(config.run.out)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
@@ -115,6 +126,7 @@ def train(config: Config, resume: bool = False) -> Path:
     device = accelerator.device
     estimator = ESTIMATORS[config.train.algo]
     s, t, r, b = config.sample, config.train, config.run, config.b2
+    out = run_directory(config, accelerator)
 
     # ---- prompts and rewards first: mistakes there fail before the pipeline loads
     prompt_source = load_prompts(r.prompts)
