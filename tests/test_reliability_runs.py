@@ -180,8 +180,21 @@ def test_disk_full_on_the_first_checkpoint_leaves_nothing_to_pick(tiny_pipeline_
 # ---------------------------------------------------------------- guards (faults injected in this process)
 
 
-def poison_loss(monkeypatch, from_epoch: int) -> None:
-    """Make the loss NaN (with finite gradients: the NaN is a constant) from `from_epoch` (0-based) on."""
+class NanGradient(torch.autograd.Function):
+    """Adds 0 to the loss, NaN to its gradient: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("nan"))
+
+
+def poison_loss(monkeypatch, from_epoch: int, kind: str = "loss") -> None:
+    """From `from_epoch` (0-based) on, make the loss NaN with finite gradients (kind 'loss': a NaN constant
+    is added) or keep the loss finite and make its gradients NaN (kind 'gradient')."""
     current = {"epoch": 0}
     real_epoch, real_loss = trainer.run_epoch, trainer.pair_loss
 
@@ -191,14 +204,18 @@ def poison_loss(monkeypatch, from_epoch: int) -> None:
 
     def pair_loss(*args, **kwargs):
         terms = real_loss(*args, **kwargs)
-        return terms._replace(loss=terms.loss + float("nan")) if current["epoch"] >= from_epoch else terms
+        if current["epoch"] < from_epoch:
+            return terms
+        bad = float("nan") if kind == "loss" else NanGradient.apply(terms.loss)
+        return terms._replace(loss=terms.loss + bad)
 
     monkeypatch.setattr(trainer, "run_epoch", run_epoch)
     monkeypatch.setattr(trainer, "pair_loss", pair_loss)
 
 
-def test_non_finite_loss_skips_the_update(tiny_pipeline_dir, prompt_file, tmp_path, monkeypatch):
-    poison_loss(monkeypatch, from_epoch=0)
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_non_finite_loss_or_gradient_skips_the_update(kind, tiny_pipeline_dir, prompt_file, tmp_path, monkeypatch):
+    poison_loss(monkeypatch, from_epoch=0, kind=kind)
     out = tmp_path / "run"
     assert main(train_args(tiny_pipeline_dir, prompt_file, out, "--epochs", "1",
                            "--set", "train.max_consecutive_skips=10")) == 0

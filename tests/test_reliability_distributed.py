@@ -1,0 +1,63 @@
+"""Faults that reach one rank of a 2-process CPU run (torchrun + gloo) must stop every rank together.
+
+A SIGTERM delivered to rank 0 alone: both ranks finish the epoch, rank 0 writes the checkpoint, both exit
+143 (no rank left waiting at a collective). Resumed with a full disk at the next checkpoint (only rank 0
+writes): both ranks stop with exit 3, the earlier checkpoints intact.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import diffrl.checkpoint as ckpt
+
+WRAPPER = """
+import errno, os, signal, sys
+import diffrl.checkpoint as c
+from diffrl.cli import main
+real_save, fault = c.save_checkpoint, os.environ["DIFFRL_TEST_FAULT"]
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+def save_then_signal(*args, **kwargs):  # only rank 0 writes checkpoints
+    path = real_save(*args, **kwargs)
+    if path.name == "epoch_00001":
+        os.kill(os.getpid(), signal.SIGTERM)  # to this rank only
+    return path
+
+if fault == "enospc":
+    c.save_file = no_space
+else:
+    c.save_checkpoint = save_then_signal
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def launch(args: list[str], fault: str, tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+    script = tmp_path / "faulty_diffrl.py"
+    script.write_text(WRAPPER)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
+           "DIFFRL_TEST_FAULT": fault}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)  # a hang fails here
+
+
+def test_one_rank_signalled_or_failing_to_save_stops_every_rank(tiny_pipeline_dir, prompt_file, tmp_path):
+    out = tmp_path / "dist"
+    args = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--reward", "brightness",
+            "--algo", "loop", "--epochs", "4", "--out", str(out), "--k", "2", "--set", "sample.num_steps=2",
+            "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
+            "--set", "run.save_every=1", "--set", "run.keep_checkpoints=3", "--set", "run.tensorboard=false"]
+    port = 29700 + os.getpid() % 200
+    result = launch(args, "sigterm", tmp_path, port)
+    assert "exitcode  : 143" in result.stderr, result.stderr[-3000:]  # torchrun's report of the workers
+    assert result.stderr.count("resume with: diffrl train --resume") == 1  # rank 0 speaks for the job
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["epoch_00001", "epoch_00002"]
+
+    result = launch(["train", "--resume", str(out)], "enospc", tmp_path, port + 1)
+    assert result.stderr.count("could not write checkpoint") == 1, result.stderr[-3000:]
+    assert "exitcode  : 3" in result.stderr
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["epoch_00001", "epoch_00002"]
+    assert not list((out / "checkpoints").glob("*.tmp"))
