@@ -22,3 +22,15 @@ def left_right_contrast(images, prompts, metadata):
     x = images.astype(np.float64) / 255.0
     half = x.shape[2] // 2
     return x[:, :, :half].mean(axis=(1, 2, 3)) - x[:, :, half:].mean(axis=(1, 2, 3))
+
+
+def prompt_list():
+    return ["a red circle", ("a blue square", {"category": "x"})]
+
+
+_counter = {"n": 0}
+
+
+def prompt_generator():
+    _counter["n"] += 1
+    return f"prompt {_counter['n']}", {"index": _counter["n"]}
