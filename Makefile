@@ -27,3 +27,8 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# One RL epoch, diffrl vs TRL 0.23.1's DDPOTrainer (own venv: benchmarks/.venv-trl); see docs/performance.md.
+.PHONY: bench
+bench: $(STAMP)
+	nice -n 10 $(PY) benchmarks/bench_epoch.py --flops --cache benchmarks/.cache --out benchmarks/results/latest.json
