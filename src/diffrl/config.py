@@ -44,7 +44,7 @@ class SampleConfig:
     eta: float = opt(1.0, "DDIM eta; > 0 makes each step a Gaussian policy.")
     guidance_scale: float = opt(3.0, "Classifier-free guidance weight w (DDPO: 5.0).")
     k: int = opt(4, "Images per prompt K (the leave-one-out / group size).")
-    prompts_per_batch: int = opt(4, "Distinct prompts per sampling batch, per process.")
+    prompts_per_batch: int = opt(8, "Prompts per sampling batch, per process (drawn with replacement).")
     batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
 
@@ -52,7 +52,7 @@ class SampleConfig:
 @dataclass
 class TrainConfig:
     algo: str = opt("loop", "Estimator: " + ", ".join(ESTIMATORS) + ".")
-    learning_rate: float = opt(3e-4, "AdamW learning rate.")
+    learning_rate: float = opt(2e-3, "AdamW learning rate (DDPO on SD: 3e-4; the ShapesWorld demo uses 2e-3).")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
@@ -60,7 +60,7 @@ class TrainConfig:
     inner_epochs: int = opt(1, "Passes over each sampled batch (on-policy estimators need 1).")
     minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce*, 2 for clipped estimators.")
     chunk_size: int = opt(32, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks.")
-    clip_range: float = opt(1e-4, "PPO clip range epsilon (DDPO: 1e-4, B2-DiffuRL: 0.1).")
+    clip_range: float = opt(0.2, "PPO clip range epsilon (DDPO: 1e-4, B2-DiffuRL: 0.1, demo: 0.2).")
     adv_clip_max: float = opt(5.0, "Advantages are clamped to [-adv_clip_max, adv_clip_max].")
     loo_std: str = opt("none", "Divide leave-one-out advantages by a std: 'none', 'group' or 'batch'.")
     timestep_fraction: float = opt(1.0, "Fraction of the trainable denoising steps trained per sample (random subset).")
@@ -89,7 +89,7 @@ class RunConfig:
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
     epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update).")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
-    prompts: str = opt("shapes:color_binding_train", "Prompts: a text file, a built-in set, or module:function.")
+    prompts: str = opt("shapes:color_binding_unseen", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts the base model was not pretrained on.")
     eval_prompts: str | None = opt("shapes:color_binding_val", "Held-out prompts evaluated before training and every eval_every epochs (None: off).")
     eval_every: int = opt(5, "Held-out evaluation period in epochs (0: only before and after).")
     eval_images_per_prompt: int = opt(4, "Images per held-out prompt (fixed seeds shared by every method).")

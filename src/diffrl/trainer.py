@@ -327,7 +327,7 @@ def eval_reward_names(config: Config, eval_prompts) -> list[str]:
     """Held-out metrics: the training reward's parts, plus the success flag on ShapesWorld prompts."""
     names = [part.split(":")[0] if part.count(":") == 1 and _is_number(part.split(":")[1]) else part
              for part in config.run.reward.split(",") if part.strip()]
-    if eval_prompts and all("category" in meta for _, meta in eval_prompts):
+    if eval_prompts and all("category" in meta and "objects" in meta for _, meta in eval_prompts):  # ShapesWorld
         names.append("shapes_success")
     return list(dict.fromkeys(names))
 
