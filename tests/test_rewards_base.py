@@ -39,3 +39,12 @@ def test_unknown_and_broken_rewards_are_one_line_errors():
     with pytest.raises(DiffrlError, match="no callable"):
         get_reward("tests.helpers:missing")
     assert {"brightness", "jpeg_compressibility", "shapes"} <= set(reward_names())
+
+
+def test_held_out_reward_names_drop_weights_like_training_does():
+    from diffrl.config import Config
+    from diffrl.trainer import eval_reward_names
+
+    config = Config()
+    config.run.reward = "tests.helpers:half_nan_reward:0.5,brightness:2,remote:http://h:8000"
+    assert eval_reward_names(config, None) == ["tests.helpers:half_nan_reward", "brightness", "remote:http://h:8000"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from diffrl.config import images_per_epoch
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError
 from diffrl.report import CONFIG_FILE, jsonable, last_epoch, load_run, write_report
@@ -72,12 +73,6 @@ def parse_seeds(spec: str) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise DiffrlError(f"--seeds must name at least one distinct seed, got {spec!r}")
     return seeds
-
-
-def images_per_epoch(config) -> int:
-    """Sampled images per epoch (one process): K x prompts_per_batch x batches_per_epoch (x B2 branches)."""
-    s, b = config.sample, config.b2
-    return s.k * s.prompts_per_batch * s.batches_per_epoch * (b.branches if b.enabled else 1)
 
 
 def plan(methods: list[Method], seeds: list[int], budget: int, out: Path, config_file: str | None,

@@ -276,7 +276,7 @@ def validate(config: Config) -> Config:
     if not estimator.clipped and (t.inner_epochs != 1 or (t.minibatches or 1) != 1):
         raise DiffrlError(f"--algo {t.algo} is on-policy (no importance ratio): train.inner_epochs and "
                           "train.minibatches must be 1; use ppo or loop for several updates per batch")
-    samples = s.k * s.prompts_per_batch * s.batches_per_epoch * (config.b2.branches if config.b2.enabled else 1)
+    samples = images_per_epoch(config)
     if samples % minibatches(config):
         raise DiffrlError(f"train.minibatches={minibatches(config)} does not divide the {samples} samples per epoch")
     b = config.b2
@@ -317,6 +317,17 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
 
 def _both_nan(a: Any, b: Any) -> bool:
     return isinstance(a, float) and isinstance(b, float) and a != a and b != b
+
+
+def branches(config: Config) -> int:
+    """Copies of each trajectory after the branch point: B with B2-DiffuRL, else 1."""
+    return config.b2.branches if config.b2.enabled else 1
+
+
+def images_per_epoch(config: Config) -> int:
+    """Sampled images per epoch, per process: K x prompts_per_batch x batches_per_epoch (x B2 branches)."""
+    s = config.sample
+    return s.k * s.prompts_per_batch * s.batches_per_epoch * branches(config)
 
 
 def minibatches(config: Config) -> int:

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffrl.core.ddim import ddim_step_with_log_prob
 from diffrl.prompts import Prompt
 from diffrl.rewards.base import Reward, check_rewards
-from diffrl.sampling import Policy, decode_images, encode_prompts
+from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
 
 
 @dataclass
@@ -37,8 +36,6 @@ class EvalResult:
 def generate_fixed_seed(pipe, policy: Policy, prompts: list[Prompt], images_per_prompt: int, seed: int,
                         num_steps: int, latent_shape: tuple[int, int, int], batch_prompts: int = 8) -> tuple:
     """Images for every prompt with per-(prompt, image) seeded noise. Returns (images, texts, metadata)."""
-    from diffrl.sampling import ddim_timesteps
-
     device = pipe.unet.device
     timesteps, prev_timesteps = ddim_timesteps(pipe.scheduler, num_steps, device)
     uncond = encode_prompts(pipe, [""], device)
@@ -46,19 +43,15 @@ def generate_fixed_seed(pipe, policy: Policy, prompts: list[Prompt], images_per_
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start:start + batch_prompts]
         embeds = encode_prompts(pipe, [p for p, _ in chunk], device)
-        index = torch.arange(len(chunk), device=device).repeat_interleave(images_per_prompt)
         generators = [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start + i, j]).generate_state(1)[0]))
                       for i in range(len(chunk)) for j in range(images_per_prompt)]
-        x = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device, torch.float32)
-        for t, prev_t in zip(timesteps, prev_timesteps):
-            n = x.shape[0]
-            eps = policy.guided_noise(x, t.expand(n), embeds[index], uncond.expand(n, -1, -1))
-            noise = torch.stack([torch.randn(latent_shape, generator=g) for g in generators]).to(device, x.dtype)
-            step = ddim_step_with_log_prob(eps, t.expand(n), prev_t.expand(n), x, policy.alphas_cumprod,
-                                           policy.final_alpha_cumprod, policy.eta, prev_sample=None,
-                                           prediction_type=policy.prediction_type)
-            x = step.mean + step.std * noise
-        images.append(decode_images(pipe.vae, x))
+
+        def per_sample_noise(shape: tuple[int, ...]) -> torch.Tensor:  # row j from generator j, whatever the batch
+            return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+
+        traj = sample_trajectories(policy, pipe.vae, embeds, uncond, images_per_prompt, timesteps, prev_timesteps,
+                                   latent_shape, None, noise_source=per_sample_noise)
+        images.append(traj.images)
         for p, m in chunk:
             texts += [p] * images_per_prompt
             metas += [m] * images_per_prompt

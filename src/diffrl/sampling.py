@@ -6,6 +6,7 @@ Sample layout: index = (prompt * K + k) * B + branch, so groups of siblings are 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,10 +50,10 @@ class Policy:
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)
 
     def step(self, x: Tensor, t: Tensor, prev_t: Tensor, cond: Tensor, uncond: Tensor,
-             prev_sample: Tensor | None = None, generator: torch.Generator | None = None):
+             prev_sample: Tensor | None = None, noise: Tensor | None = None):
         eps = self.guided_noise(x, t, cond, uncond)
         return ddim_step_with_log_prob(eps, t, prev_t, x, self.alphas_cumprod, self.final_alpha_cumprod, self.eta,
-                                       prev_sample=prev_sample, generator=generator,
+                                       prev_sample=prev_sample, noise=noise,
                                        prediction_type=self.prediction_type, reduce=self.logprob_reduce)
 
 
@@ -91,24 +92,30 @@ def sample_trajectories(
     timesteps: Tensor,
     prev_timesteps: Tensor,
     latent_shape: tuple[int, int, int],
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     branch_step: int | None = None,
     branches: int = 1,
     on_step=None,
+    noise_source: Callable[[tuple[int, ...]], Tensor] | None = None,
 ) -> Trajectories:
     """Sample K trajectories for each of P prompts in one batch (P*K*B samples).
 
     prompt_embeds: (P, L, D); uncond_embed: (1, L, D). With `branch_step` s, steps [0, s) run on P*K
     trajectories, then each is copied into `branches` siblings that run steps [s, T) with independent
-    noise. Noise is drawn from `generator` (kept on the CPU so runs reproduce across devices).
+    noise. Noise is drawn from `generator` (kept on the CPU so runs reproduce across devices), or from
+    `noise_source(shape)` when given (fixed-seed evaluation draws each sample's noise from its own generator).
     """
+    if noise_source is None:
+        noise_source = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
     device = prompt_embeds.device
     num_prompts = prompt_embeds.shape[0]
     num_steps = len(timesteps)
+    if branches > 1 and (branch_step is None or not 0 <= branch_step < num_steps):
+        raise ValueError("branching needs a branch_step in [0, num_steps)")
     branch_step = num_steps if branch_step is None else branch_step
     prompt_index = torch.arange(num_prompts, device=device).repeat_interleave(k)  # (P*K,)
     # Latents and DDIM math stay fp32 even when the UNet runs in half precision (under autocast).
-    x = torch.randn((num_prompts * k, *latent_shape), generator=generator).to(device, torch.float32)
+    x = noise_source((num_prompts * k, *latent_shape)).to(device, torch.float32)
     latents, log_probs = [x], []
     for i in range(num_steps):
         if i == branch_step and branches > 1:
@@ -121,14 +128,12 @@ def sample_trajectories(
         t = timesteps[i].expand(n)
         prev_t = prev_timesteps[i].expand(n)
         result = policy.step(x, t, prev_t, prompt_embeds[prompt_index], uncond_embed.expand(n, -1, -1),
-                             generator=generator)
+                             noise=noise_source(tuple(x.shape)))
         x = result.prev_sample
         latents.append(x)
         log_probs.append(result.log_prob)
         if on_step is not None:
             on_step(i, n)
-    if branch_step >= num_steps and branches > 1:
-        raise ValueError("branch_step must be < num_steps when branching")
     return Trajectories(
         latents=torch.stack(latents, dim=1),
         log_probs=torch.stack(log_probs, dim=1),

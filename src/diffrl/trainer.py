@@ -24,7 +24,8 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from diffrl import checkpoint as ckpt
-from diffrl.config import RESUMABLE_KEYS, Config, load_config, minibatches, resume_conflicts, validate
+from diffrl.config import (RESUMABLE_KEYS, Config, branches, images_per_epoch, load_config, minibatches,
+                           resume_conflicts, validate)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.estimators import ESTIMATORS, compute_advantages
@@ -32,7 +33,7 @@ from diffrl.errors import DiffrlError, RunHalted, RunInterrupted
 from diffrl.evaluation import generate_fixed_seed, score_images
 from diffrl.models.pipeline import add_lora, image_size, load_pipeline, resolve_model, save_lora
 from diffrl.prompts import load_prompts
-from diffrl.rewards.base import check_rewards, get_reward, parse_reward_spec
+from diffrl.rewards.base import check_rewards, get_reward, parse_reward_spec, split_reward_spec
 from diffrl.runlog import RunLogger, image_grid, plot_curves, read_metrics
 from diffrl.sampling import Policy, Trajectories, ddim_timesteps, encode_prompts, sample_trajectories
 
@@ -206,9 +207,8 @@ def train(config: Config, resume: bool = False) -> Path:
             image_grid(images[shown][:32], captions[:32], columns=8).save(out / "images" / f"eval_{tag}.png")
         return {f"eval/{k}": v for k, v in {n: float(np.nanmean(v)) for n, v in scores.items()}.items()}
 
-    per_epoch = s.prompts_per_batch * s.k * (b.branches if b.enabled else 1)
     if accelerator.is_main_process:
-        print(f"diffrl: {estimator.name} ({estimator.summary}); {per_epoch * s.batches_per_epoch * world} images/epoch "
+        print(f"diffrl: {estimator.name} ({estimator.summary}); {images_per_epoch(config) * world} images/epoch "
               f"({world} process(es)), {minibatches(config)} update(s) x {t.inner_epochs} inner epoch(s); run dir {out}")
     eval_key = f"eval/{eval_reward_names(config, eval_prompts)[0]}"
     if counters["epoch"] == 0:
@@ -325,38 +325,28 @@ def halt_message(out: Path, counters: dict) -> str:
 
 def eval_reward_names(config: Config, eval_prompts) -> list[str]:
     """Held-out metrics: the training reward's parts, plus the success flag on ShapesWorld prompts."""
-    names = [part.split(":")[0] if part.count(":") == 1 and _is_number(part.split(":")[1]) else part
-             for part in config.run.reward.split(",") if part.strip()]
+    names = [name for name, _ in split_reward_spec(config.run.reward)]
     if eval_prompts and all("category" in meta and "objects" in meta for _, meta in eval_prompts):  # ShapesWorld
         names.append("shapes_success")
     return list(dict.fromkeys(names))
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
 def sample_epoch(config, policy, pipe, prompt_source, prompt_rng, noise_gen, timesteps, prev_timesteps, latent_shape,
                  uncond, branch_step: int | None) -> tuple[Trajectories, torch.Tensor, list[str], list[dict]]:
     """All batches of one epoch: (trajectories, prompt embeddings (P_total, L, D), texts, metadata) per sample."""
-    s, b = config.sample, config.b2
-    branches = b.branches if b.enabled else 1
+    s = config.sample
     parts, embeds, texts, metas = [], [], [], []
     offset = 0
     for _ in range(s.batches_per_epoch):
         batch = prompt_source.sample(prompt_rng, s.prompts_per_batch)
         prompt_embeds = encode_prompts(pipe, [p for p, _ in batch], policy.alphas_cumprod.device)
         traj = sample_trajectories(policy, pipe.vae, prompt_embeds, uncond, s.k, timesteps, prev_timesteps,
-                                   latent_shape, noise_gen, branch_step=branch_step, branches=branches)
+                                   latent_shape, noise_gen, branch_step=branch_step, branches=branches(config))
         traj.prompt_index = traj.prompt_index + offset
         offset += len(batch)
         parts.append(traj)
         embeds.append(prompt_embeds)
-        per_prompt = s.k * branches
+        per_prompt = s.k * branches(config)
         texts += [p for p, _ in batch for _ in range(per_prompt)]
         metas += [m for _, m in batch for _ in range(per_prompt)]
     first = parts[0]
@@ -401,7 +391,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
     counters["images_seen"] += len(all_rewards)
 
     # ---- advantages over whole groups (K per prompt, or B siblings with B2), then this rank's slice
-    group_size = b.branches if b.enabled else s.k
+    group_size = b.branches if b.enabled else s.k  # B2: siblings form the group
     all_adv = compute_advantages(estimator, all_rewards, all_texts, group_size, tracker, t.loo_std, t.adv_clip_max)
     keep = finite.copy()
     if b.enabled and b.selection == "zscore":
@@ -447,7 +437,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
         (out / "images").mkdir(exist_ok=True)
         n = min(16, len(traj))
         image_grid(traj.images[:n], [f"{texts[i]} {rewards[i]:.2f}" for i in range(n)],
-                   columns=s.k * (b.branches if b.enabled else 1) if s.k * (b.branches if b.enabled else 1) <= 8 else 8
+                   columns=min(8, s.k * branches(config))
                    ).save(out / "images" / f"epoch_{epoch + 1:05d}.png")
     return metrics
 

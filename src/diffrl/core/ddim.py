@@ -66,6 +66,7 @@ def ddim_step_with_log_prob(
     eta: float,
     prev_sample: Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
     prediction_type: str = "epsilon",
     reduce: Reduce = "mean",
 ) -> StepResult:
@@ -79,6 +80,7 @@ def ddim_step_with_log_prob(
         eta: DDIM stochasticity; must be > 0 for a log-density to exist.
         prev_sample: x_{t-1} to score instead of drawing one (training re-evaluates stored actions).
         generator: randomness for drawing x_{t-1}.
+        noise: (B, C, h, w) standard normal noise to draw x_{t-1} = mu + sigma * noise with, instead of `generator`.
     """
     if eta <= 0:
         raise ValueError("eta must be > 0: with eta = 0 DDIM is deterministic and has no log-probability")
@@ -95,9 +97,10 @@ def ddim_step_with_log_prob(
     mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
 
     if prev_sample is None:
-        noise = torch.randn(sample.shape, generator=generator, device=generator.device if generator else sample.device,
-                            dtype=sample.dtype).to(sample.device)
-        prev_sample = mean + std * noise
+        if noise is None:
+            noise = torch.randn(sample.shape, generator=generator,
+                                device=generator.device if generator else sample.device, dtype=sample.dtype)
+        prev_sample = mean + std * noise.to(sample.device, sample.dtype)
     # The action is data, not a function of the parameters: only mu carries gradients.
     log_prob = gaussian_log_prob(prev_sample.detach(), mean, std, reduce)
     return StepResult(prev_sample, log_prob, mean, std)

@@ -100,8 +100,8 @@ def check_rewards(values, n: int, name: str = "reward") -> np.ndarray:
     return array
 
 
-def parse_reward_spec(spec: str) -> WeightedSum:
-    """Parse ``"name[:weight],name[:weight]"`` (``module:function`` names allowed, weight last)."""
+def split_reward_spec(spec: str) -> list[tuple[str, float]]:
+    """``"name[:weight],name[:weight]"`` -> [(name, weight)] (``module:function`` names allowed, weight last)."""
     parts = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
@@ -116,7 +116,13 @@ def parse_reward_spec(spec: str) -> WeightedSum:
                 name = head
             except ValueError:
                 pass
-        parts.append((name, weight, get_reward(name)))
+        parts.append((name, weight))
+    return parts
+
+
+def parse_reward_spec(spec: str) -> WeightedSum:
+    """The weighted sum of the rewards named in ``spec`` (see `split_reward_spec`)."""
+    parts = [(name, weight, get_reward(name)) for name, weight in split_reward_spec(spec)]
     if not parts:
         raise DiffrlError("no reward given (--reward NAME[,NAME...])")
     return WeightedSum(parts)
