@@ -8,7 +8,7 @@ import pytest
 from diffrl.cli import main
 from diffrl.report import mean_ci, prediction_interval, t_quantile
 
-TRAIN = ["--set", "sample.num_steps=2", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_images_per_prompt=1",
+TRAIN = ["--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_images_per_prompt=1",
          "--set", "run.tensorboard=false", "--set", "run.progress=false", "--set", "train.learning_rate=1e-2",
          "--set", "run.threads=1", "--reward", "brightness", "--k", "2"]
 BASE_SCORE = {"a red circle": 1.0, "a blue square": 2.0, "a green triangle": 4.0, "a yellow cat": 5.0}
@@ -141,6 +141,14 @@ def test_report_rebuilds_from_run_dirs(compared, tmp_path):
     curve = groups["loop K=2"]["curves"]["eval/brightness"]
     assert [p["epoch"] for p in curve] == [0, 2] and [p["images"] for p in curve] == [0, 8]
     assert (tmp_path / "rep" / "reward_vs_images.png").is_file() and (tmp_path / "rep" / "report.html").is_file()
+    # change = last - first held-out value of each seed (paired: every run starts from the same base images)
+    per_seed = [json.loads(line) for d in groups["loop K=2"]["runs"] for line in open(f"{d}/metrics.jsonl")]
+    evals = [r["eval/brightness"] for r in per_seed if "eval/brightness" in r]
+    expected = ((evals[1] - evals[0]) + (evals[3] - evals[2])) / 2
+    assert math.isclose(groups["loop K=2"]["change"]["eval/brightness"]["mean"], expected, rel_tol=1e-9)
+    table = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    assert table[0].startswith("| method | seeds | images | train s | reward_mean | eval/brightness |")
+    assert table[0].endswith("eval/brightness change |") and len(table) == 2 + len(groups)
 
 
 def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_path):
@@ -162,7 +170,7 @@ def test_evaluate_full_finetune_run_loads_its_unet(tiny_pipeline_dir, prompt_fil
     run = tmp_path / "full"
     overrides = {"model.pretrained": str(tiny_pipeline_dir), "model.lora": "false", "run.prompts": str(prompt_file),
                  "run.eval_prompts": "none", "run.epochs": "1", "run.out": str(run), "run.reward": "brightness",
-                 "sample.num_steps": "2", "sample.k": "2", "sample.prompts_per_batch": "2", "run.progress": "false",
+                 "sample.num_steps": "2", "train.min_noise_std": "0", "sample.k": "2", "sample.prompts_per_batch": "2", "run.progress": "false",
                  "run.tensorboard": "false", "run.threads": "1", "train.learning_rate": "1e-2"}
     train(load_config(overrides=overrides))
     assert main(["evaluate", "--lora", str(run), "--prompts", str(prompt_file), "--images-per-prompt", "1",

@@ -3,7 +3,7 @@ import math
 import torch
 from diffusers import DDIMScheduler
 
-from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_log_prob
+from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_log_prob, schedule_noise_stds, trained_steps
 
 
 def make_scheduler():
@@ -85,3 +85,22 @@ def test_v_prediction_converts_to_epsilon():
     b = ddim_step_with_log_prob(v, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0,
                                 prediction_type="v_prediction")
     torch.testing.assert_close(a.mean, b.mean, rtol=1e-4, atol=1e-5)
+
+
+def test_schedule_noise_stds_match_diffusers_variance():
+    scheduler = make_scheduler()
+    timesteps = scheduler.timesteps
+    prev = timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    stds = schedule_noise_stds(timesteps, prev, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, eta=1.0)
+    expected = torch.stack([scheduler._get_variance(t, p).sqrt() for t, p in zip(timesteps, prev)])
+    torch.testing.assert_close(stds, expected.float(), rtol=1e-5, atol=1e-7)
+    # SD's leading spacing: the last two steps (t=101 -> 1, 1 -> final) are nearly deterministic
+    assert stds[-2] < 0.05 and stds[-1] < 0.05 and stds[:-2].min() > 0.25
+
+
+def test_trained_steps_hand_computed():
+    stds = torch.tensor([0.8, 0.6, 0.4, 0.04, 0.02])
+    assert trained_steps(0, 5, stds, 0.05).tolist() == [0, 1, 2]
+    assert trained_steps(2, 5, stds, 0.05).tolist() == [2]  # a B2 interval: the last 3 steps
+    assert trained_steps(0, 5, stds, 0.0).tolist() == [0, 1, 2, 3, 4]
+    assert trained_steps(3, 5, stds, 0.05).tolist() == []

@@ -16,7 +16,7 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000 + len(algo)),
            "-m", "diffrl.cli", "train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file),
            "--reward", "brightness", "--algo", algo, "--epochs", "2", "--out", str(out), "--k", "2",
-           "--set", "sample.num_steps=2", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
+           "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
            "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]

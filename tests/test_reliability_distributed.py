@@ -47,7 +47,7 @@ def launch(args: list[str], fault: str, tmp_path: Path, port: int) -> subprocess
 def test_one_rank_signalled_or_failing_to_save_stops_every_rank(tiny_pipeline_dir, prompt_file, tmp_path):
     out = tmp_path / "dist"
     args = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--reward", "brightness",
-            "--algo", "loop", "--epochs", "4", "--out", str(out), "--k", "2", "--set", "sample.num_steps=2",
+            "--algo", "loop", "--epochs", "4", "--out", str(out), "--k", "2", "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0",
             "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
             "--set", "run.save_every=1", "--set", "run.keep_checkpoints=3", "--set", "run.tensorboard=false"]
     port = 29700 + os.getpid() % 200

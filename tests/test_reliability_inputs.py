@@ -22,7 +22,7 @@ from diffrl.prompts import read_prompt_file
 from diffrl.runlog import RunLogger
 from diffrl.trainer import write_config
 
-FAST = ["--reward", "brightness", "--k", "2", "--epochs", "1", "--set", "sample.num_steps=2",
+FAST = ["--reward", "brightness", "--k", "2", "--epochs", "1", "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0",
         "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false"]
 
 

@@ -24,7 +24,7 @@ from diffrl import trainer
 from diffrl.cli import main
 
 EPOCHS = 4
-ARGS = ["--reward", "brightness", "--k", "2", "--algo", "loop", "--set", "sample.num_steps=2",
+ARGS = ["--reward", "brightness", "--k", "2", "--algo", "loop", "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0",
         "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
         "--set", "run.save_every=1", "--set", "run.keep_checkpoints=2", "--set", "train.learning_rate=1e-2",
         "--set", "train.clip_range=0.1", "--set", "run.tensorboard=false", "--set", "run.threads=1"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffrl.shapes.world import (
-    BACKGROUND, CATEGORIES, COLORS, GAP, SPATIAL_GAP, UNSEEN_COMBOS, PromptSpec, _in_relation, _separated,
+    BACKGROUND, CATEGORIES, COLORS, GAP, SPATIAL_GAP, SPLITS, UNSEEN_COMBOS, PromptSpec, _in_relation, _separated,
     all_prompts, prompt_set, render, sample_layout,
 )
 
@@ -35,8 +35,17 @@ def test_render_uses_palette_and_background():
 
 
 def test_prompt_sets_are_deterministic():
-    for split in ("train", "val", "unseen"):
+    for split in SPLITS:
         assert [p.text for p in all_prompts(split)] == [p.text for p in all_prompts(split)]
+
+
+@pytest.mark.parametrize("category", ["color_binding", "spatial"])
+def test_unseen_train_and_val_partition_unseen(category):
+    rl, held_out = prompt_set(category, "unseen-train"), prompt_set(category, "unseen-val")
+    assert len(rl) == len(held_out) == len(prompt_set(category, "unseen")) // 2
+    assert {p.text for p in rl} | {p.text for p in held_out} == {p.text for p in prompt_set(category, "unseen")}
+    assert not {p.text for p in rl} & {p.text for p in held_out}
+    assert all(combos_of(s) & UNSEEN_COMBOS for s in held_out)
 
 
 def test_unseen_combos_absent_from_train_and_val():

@@ -62,6 +62,8 @@ def test_lora_changed_and_loads_into_plain_diffusers(run_dir, tiny_pipeline_dir)
     (["--set", "train.learning_rate=fast"], "train.learning_rate"),
     (["--set", "sample.prompts_per_batch=3", "--set", "train.minibatches=2", "--k", "3"], "does not divide"),
     (["--algo", "reinforce", "--set", "train.inner_epochs=2"], "on-policy"),
+    (["--set", "sample.num_steps=2"], "sigma_t >= train.min_noise_std=0.05"),  # both steps near-deterministic
+    (["--set", "train.min_noise_std=-1"], "train.min_noise_std must be >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):
     base = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--out", str(tmp_path / "r"),
@@ -106,3 +108,11 @@ class _no_exit:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_held_out_summary_first_to_last():
+    from diffrl.runlog import held_out_summary
+
+    records = [{"epoch": 0, "eval/shapes": 0.5}, {"epoch": 1, "reward_mean": 0.1},
+               {"epoch": 5, "eval/shapes": 0.75, "eval/once": 1.0}, {"epoch": 10, "eval/shapes": 0.625}]
+    assert held_out_summary(records) == ["held-out shapes: 0.5000 (epoch 0) -> 0.6250 (epoch 10)"]

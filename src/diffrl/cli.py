@@ -36,7 +36,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--prompts", help="prompt file, shapes:<category>_<split>, builtin:animals, t2i-compbench:..., or module:function")
     p.add_argument("--epochs", type=int, help="training epochs (default: 20)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
-    p.add_argument("--out", help="run directory (default: runs/latest)")
+    p.add_argument("--out", help="run directory (default: runs/<date>-<time>-<algo>)")
     p.add_argument("--config", help="TOML/YAML config file or preset name (e.g. loop_sd2)")
     p.add_argument("--b2", action="store_true", help="turn on B2-DiffuRL (progressive steps + branch sampling)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -65,7 +65,11 @@ def cmd_train(args) -> int:
     else:
         config = load_config(args.config, overrides)
         out = train(config)
-    if os.environ.get("RANK", "0") == "0":  # one line per job, not per process
+    if os.environ.get("RANK", "0") == "0":  # one summary per job, not per process
+        from diffrl.runlog import held_out_summary, read_metrics
+
+        for line in held_out_summary(read_metrics(out)):
+            print(f"diffrl: {line}")
         print(f"diffrl: done; run directory {out}")
     return 0
 

@@ -2,7 +2,7 @@
 
 Spec forms:
   path/to/prompts.txt             one prompt per line (blank lines and #-comments skipped)
-  shapes:<category>_<split>       ShapesWorld prompts with metadata, e.g. shapes:color_binding_train
+  shapes:<category>_<split>       ShapesWorld prompts with metadata, e.g. shapes:color_binding_unseen-train
   t2i-compbench:<category>_<split>  T2I-CompBench prompt files from a local copy (DIFFRL_T2I_COMPBENCH_DIR)
   builtin:animals                 DDPO's simple animal list
   module:function                 returns a list of prompts / (prompt, metadata) pairs, or one
@@ -75,9 +75,9 @@ def load_prompts(spec: str) -> PromptSource:
 
         name = spec.split(":", 1)[1]
         category, _, split = name.rpartition("_")
-        if split not in ("train", "val", "unseen") or category not in (*world.CATEGORIES, "all"):
+        if split not in world.SPLITS or category not in (*world.CATEGORIES, "all"):
             raise DiffrlError(f"unknown ShapesWorld prompt set {spec!r}; use shapes:<category>_<split> with category in "
-                              f"{', '.join(world.CATEGORIES)} or all, split in train, val, unseen")
+                              f"{', '.join(world.CATEGORIES)} or all, split in {', '.join(world.SPLITS)}")
         specs = world.all_prompts(split) if category == "all" else world.prompt_set(category, split)
         return PromptSource([(p.text, p.to_metadata()) for p in specs], name=spec)
     if spec.startswith("t2i-compbench:"):

@@ -140,7 +140,7 @@ def summarize(groups: dict[str, list[dict]]) -> dict:
     for label, runs in groups.items():
         per_run = [run_curves(r["metrics"]) for r in runs]
         keys = sorted(set.intersection(*(set(c) for c in per_run)), key=lambda k: (k != "reward_mean", k))
-        curves, final = {}, {}
+        curves, final, change = {}, {}, {}
         for key in keys:
             by_epoch = [{e: (i, s, v) for e, i, s, v in c[key]} for c in per_run]
             epochs = sorted(set.intersection(*(set(b) for b in by_epoch)))
@@ -152,13 +152,16 @@ def summarize(groups: dict[str, list[dict]]) -> dict:
                                **{k: pi[k] for k in ("mean", "pi_low", "pi_high", "n")}})
             curves[key] = points
             final[key] = prediction_interval([b[epochs[-1]][2] for b in by_epoch]) if epochs else {}
+            # last minus first logged value of each run (held-out metrics start at the base model, epoch 0)
+            change[key] = prediction_interval([b[epochs[-1]][2] - b[epochs[0]][2] for b in by_epoch]) \
+                if len(epochs) > 1 else {}
         last = [r["metrics"][-1] for r in runs if r["metrics"]]
         out[label] = {
             "runs": [str(r["dir"]) for r in runs], "seeds": [r["config"]["run"]["seed"] for r in runs],
             "algo": runs[0]["config"]["train"]["algo"], "k": runs[0]["config"]["sample"]["k"],
             "images": [int(rec.get("images_seen", 0)) for rec in last],
             "train_seconds": [run_curves(r["metrics"]).get("reward_mean", [(0, 0, 0.0, 0)])[-1][2] for r in runs],
-            "final": final, "curves": curves,
+            "final": final, "change": change, "curves": curves,
         }
     return out
 
@@ -195,11 +198,12 @@ def plot(summary: dict, x: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(stat: dict) -> str:
+def _fmt(stat: dict, sign: bool = False) -> str:
     if not stat or stat.get("mean") is None or not math.isfinite(stat["mean"]):
         return "-"
-    band = f" [{stat['pi_low']:.3f}, {stat['pi_high']:.3f}]" if math.isfinite(stat["pi_low"]) else ""
-    return f"{stat['mean']:.3f}{band}"
+    number = "{:+.3f}" if sign else "{:.3f}"
+    band = f" [{number.format(stat['pi_low'])}, {number.format(stat['pi_high'])}]" if math.isfinite(stat["pi_low"]) else ""
+    return number.format(stat["mean"]) + band
 
 
 def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl report", extra: dict | None = None) -> dict:
@@ -237,4 +241,17 @@ Wall-clock is the summed sample + reward + train time of the epochs (no evaluati
 <h2>Held-out images before / after (same seeds)</h2>{grids or '<p>none</p>'}
 </body></html>"""
     (out / "report.html").write_text(page)
+    (out / "report.md").write_text(markdown_table(summary, keys))
     return summary
+
+
+def markdown_table(summary: dict, keys: list[str]) -> str:
+    """Final values and their change over the run (mean [80% PI] over seeds), one row per method."""
+    held_out = [k for k in keys if k.startswith("eval/")]
+    header = ["method", "seeds", "images", "train s", *keys, *(f"{k} change" for k in held_out)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, g in summary.items():
+        cells = [label, str(len(g["runs"])), str(int(np.mean(g["images"]))), f"{np.mean(g['train_seconds']):.0f}",
+                 *(_fmt(g["final"].get(k, {})) for k in keys), *(_fmt(g["change"].get(k, {}), sign=True) for k in held_out)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -80,6 +80,17 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
+def held_out_summary(records: list[dict]) -> list[str]:
+    """'eval/NAME: first (epoch a) -> last (epoch b)' for every held-out metric evaluated at least twice."""
+    lines = []
+    for key in dict.fromkeys(k for r in records for k in r if k.startswith("eval/")):
+        points = [(r["epoch"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if len(points) >= 2:
+            (e0, v0), (e1, v1) = points[0], points[-1]
+            lines.append(f"held-out {key[len('eval/'):]}: {v0:.4f} (epoch {e0}) -> {v1:.4f} (epoch {e1})")
+    return lines
+
+
 def image_grid(images: np.ndarray, captions: list[str], columns: int = 4, scale: int = 4) -> Image.Image:
     """Tile uint8 images (N, H, W, 3), upscaled `scale`x (nearest), each with a caption line below."""
     n, h, w, _ = images.shape

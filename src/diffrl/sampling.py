@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrl.core.ddim import ddim_step_with_log_prob
+from diffrl.core.ddim import ddim_step_with_log_prob, schedule_noise_stds
 
 
 @dataclass
@@ -40,6 +40,10 @@ class Policy:
     eta: float
     guidance_scale: float
     logprob_reduce: str = "mean"
+
+    def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
+        """sigma_t of each step of a schedule, (T,)."""
+        return schedule_noise_stds(timesteps, prev_timesteps, self.alphas_cumprod, self.final_alpha_cumprod, self.eta)
 
     def guided_noise(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
         """eps = eps_u + w (eps_c - eps_u) in one UNet call on the doubled batch. x: (M, C, h, w), t: (M,)."""

@@ -28,6 +28,7 @@ from diffrl.config import (RESUMABLE_KEYS, Config, branches, images_per_epoch, l
                            resume_conflicts, validate)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
+from diffrl.core.ddim import trained_steps
 from diffrl.core.estimators import ESTIMATORS, compute_advantages
 from diffrl.errors import DiffrlError, RunHalted, RunInterrupted
 from diffrl.evaluation import generate_fixed_seed, score_images
@@ -166,6 +167,10 @@ def train(config: Config, resume: bool = False) -> Path:
                     guidance_scale=s.guidance_scale, logprob_reduce=s.logprob_reduce)
     train_policy = dataclasses.replace(policy, unet=wrapped_unet)
     timesteps, prev_timesteps = ddim_timesteps(scheduler, s.num_steps, device)
+    narrowest = b2core.trained_interval(0, s.num_steps, b.start_steps, b.stages) if b.enabled else (0, s.num_steps)
+    if not len(trained_steps(*narrowest, policy.noise_stds(timesteps, prev_timesteps), t.min_noise_std)):
+        raise DiffrlError(f"no denoising step in [{narrowest[0]}, {narrowest[1]}) has sigma_t >= train.min_noise_std="
+                          f"{t.min_noise_std:g}; lower it, or train more steps (sample.num_steps, b2.start_steps)")
     size = image_size(pipe, config.model.resolution)
     latent_shape = (unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     uncond = encode_prompts(pipe, [""], device)
@@ -372,6 +377,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
         first_step, end_step = b2core.trained_interval(stage, s.num_steps, b.start_steps, b.stages)
         branch_step = first_step if b.branches > 1 else None
         metrics.update({"b2/stage": stage, "b2/first_trained_step": first_step, "b2/trained_steps": end_step - first_step})
+    steps = trained_steps(first_step, end_step, policy.noise_stds(timesteps, prev_timesteps), t.min_noise_std)
 
     # ---- sample
     policy.unet.eval()
@@ -406,7 +412,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
     # ---- update: clipped surrogate or policy gradient over (sample, step) pairs
     if finite.any():
         stats = update(config, accelerator, train_policy, optimizer, trainable, estimator, traj, embeds, uncond,
-                       advantages, selected, first_step, end_step, train_gen, counters)
+                       advantages, selected, steps, train_gen, counters)
     else:  # not one finite reward on any rank: nothing to learn from; counts as one skipped update
         stats = {"updates": 0}
         count_update(counters, applied=False)
@@ -443,24 +449,24 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
 
 
 def update(config, accelerator, train_policy, optimizer, trainable, estimator, traj, embeds, uncond, advantages,
-           selected, first_step, end_step, train_gen, counters) -> dict:
+           selected, steps, train_gen, counters) -> dict:
     """Inner epochs x minibatches of optimizer steps; each step averages the loss over its (sample, step) pairs."""
     t = config.train
-    steps_per_sample = max(1, math.ceil(t.timestep_fraction * (end_step - first_step)))
+    steps_per_sample = max(1, math.ceil(t.timestep_fraction * len(steps)))
     sums = {"loss": 0.0, "approx_kl": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0, "grad_norm": 0.0}
     updates = applied = 0
     for _ in range(t.inner_epochs):
         order = selected[torch.randperm(len(selected), generator=train_gen)]
         for minibatch in torch.tensor_split(order, minibatches(config)):
             # A random subset of the trainable steps for each sample (DDPO's timestep_fraction).
-            step_choice = torch.stack([torch.randperm(end_step - first_step, generator=train_gen)[:steps_per_sample]
-                                       for _ in range(len(minibatch))]) + first_step if len(minibatch) else None
+            step_choice = torch.stack([steps[torch.randperm(len(steps), generator=train_gen)[:steps_per_sample]]
+                                       for _ in range(len(minibatch))]) if len(minibatch) else None
             pair_sample = minibatch.repeat_interleave(steps_per_sample)
             pair_step = step_choice.reshape(-1) if step_choice is not None else torch.zeros(0, dtype=torch.long)
             weight_all = 1.0
             if len(pair_sample) == 0:
                 # Keep collectives aligned across ranks: one zero-weighted pair.
-                pair_sample, pair_step, weight_all = torch.zeros(1, dtype=torch.long), torch.full((1,), first_step), 0.0
+                pair_sample, pair_step, weight_all = torch.zeros(1, dtype=torch.long), steps[:1], 0.0
             chunks = list(zip(pair_sample.split(t.chunk_size), pair_step.split(t.chunk_size)))
             step = dict.fromkeys(("loss", "approx_kl", "clip_fraction", "ratio_mean"), 0.0)
             for i, (ps, pt) in enumerate(chunks):

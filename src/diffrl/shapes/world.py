@@ -14,6 +14,9 @@ Splits. ``train`` and ``val`` use only *seen* color-shape combinations. ``UNSEEN
 (4 of the 18 combos, ~20%) appear in no train prompt of any category, so the base model never
 sees them during pretraining; the ``unseen`` split holds color_binding and spatial prompts
 that use at least one of them (``prompt_set("single"/"counting", "unseen")`` is empty).
+``unseen-train`` and ``unseen-val`` partition ``unseen`` 50/50 by object pair: RL trains on the
+first and is evaluated on the second (the base model is far from saturated on both, unlike on
+``train``, which it has memorized).
 For color_binding and spatial, train and val are disjoint at the level of the unordered pair
 of objects (every phrasing of a pair, e.g. "A above B" and "B below A", lands in the same
 split), so val measures compositional generalization. Counting splits (count, combo) items.
@@ -56,13 +59,14 @@ BACKGROUND: tuple[int, int, int] = (200, 200, 200)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 CATEGORIES: tuple[str, ...] = ("single", "color_binding", "counting", "spatial")
 RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
-SPLITS: tuple[str, ...] = ("train", "val", "unseen")
+SPLITS: tuple[str, ...] = ("train", "val", "unseen", "unseen-train", "unseen-val")
 
 # Color-shape combos held out of every train prompt; each color and each shape is still seen.
 UNSEEN_COMBOS: frozenset[tuple[str, str]] = frozenset(
     {("orange", "triangle"), ("blue", "circle"), ("green", "square"), ("purple", "triangle")}
 )
 VAL_FRACTION = 0.2
+UNSEEN_VAL_FRACTION = 0.5  # unseen pairs held out of RL: the demo's held-out set
 SPLIT_SEED = 1234  # fixed: splits are part of the benchmark definition
 GAP = 2.0  # min separation between bounding boxes, px at 32x32
 SPATIAL_GAP = 3.0  # min separation along the relation axis, px at 32x32
@@ -142,10 +146,10 @@ def _pair_prompts(category: str, a: ShapeObject, b: ShapeObject) -> list[PromptS
     return [spatial(s, o, r) for s, o in ((a, b), (b, a)) for r in RELATIONS]
 
 
-def _split(items: list, seed_offset: int) -> tuple[list, list]:
-    """Deterministic (train, val) partition of `items` with VAL_FRACTION in val."""
+def _split(items: list, seed_offset: int, val_fraction: float = VAL_FRACTION) -> tuple[list, list]:
+    """Deterministic (train, val) partition of `items` with `val_fraction` of them in val."""
     order = np.random.default_rng(SPLIT_SEED + seed_offset).permutation(len(items))
-    n_val = round(VAL_FRACTION * len(items))
+    n_val = round(val_fraction * len(items))
     val = {int(i) for i in order[:n_val]}
     return [x for i, x in enumerate(items) if i not in val], [x for i, x in enumerate(items) if i in val]
 
@@ -157,7 +161,8 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
     table: dict[tuple[str, str], tuple[PromptSpec, ...]] = {}
     singles = tuple(single(o) for o in seen)
     table["single", "train"] = table["single", "val"] = singles
-    table["single", "unseen"] = table["counting", "unseen"] = ()
+    for split in ("unseen", "unseen-train", "unseen-val"):
+        table["single", split] = table["counting", split] = ()
 
     count_items = [(o, n) for n in _COUNT_WORDS for o in seen]
     train, val = _split(count_items, 2)
@@ -179,11 +184,15 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
         table[category, "unseen"] = tuple(
             (options := _pair_prompts(category, a, b))[rng.integers(len(options))] for a, b in unseen_pairs
         )
+        # RL on unseen-train, held-out evaluation on unseen-val: both need the unseen combos,
+        # neither shares a prompt (one prompt per pair) with the other.
+        rl, held_out = _split(list(table[category, "unseen"]), 20 + offset, UNSEEN_VAL_FRACTION)
+        table[category, "unseen-train"], table[category, "unseen-val"] = tuple(rl), tuple(held_out)
     return table
 
 
 def prompt_set(category: str, split: str) -> list[PromptSpec]:
-    """The prompts of `category` in `split` ("train", "val" or "unseen"), in a fixed order."""
+    """The prompts of `category` in `split` (one of SPLITS), in a fixed order."""
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
     if split not in SPLITS:

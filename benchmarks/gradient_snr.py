@@ -1,0 +1,97 @@
+"""Which denoising steps carry reward signal? Per-step agreement of independent policy-gradient estimates.
+
+Samples `--batches` independent batches (P prompts x K images) from the base model, computes the
+leave-one-out REINFORCE gradient of each denoising step separately (LoRA parameters, as training
+does), and prints for every step the mean cosine similarity between the batches' gradients (about 0
+for pure noise; it grows with signal-to-noise) and the mean gradient norm, then the same for sums
+over step ranges. This is the measurement behind `train.min_noise_std` (docs/shapesworld.md).
+
+    python benchmarks/gradient_snr.py --steps 10 --batches 4
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import torch
+
+from diffrl.core.advantages import leave_one_out
+from diffrl.models.pipeline import add_lora, load_pipeline, resolve_model
+from diffrl.prompts import load_prompts
+from diffrl.rewards import get_reward
+from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
+
+
+def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+    """vectors: (B, D) -> mean cosine similarity over the B(B-1)/2 pairs."""
+    return float(np.mean([float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+                          for a, b in itertools.combinations(vectors, 2)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="builtin:shapes")
+    parser.add_argument("--prompts", default="shapes:color_binding_unseen-train")
+    parser.add_argument("--reward", default="shapes")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--prompts-per-batch", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    pipe = load_pipeline(resolve_model(args.model))
+    add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])
+    sch = pipe.scheduler
+    policy = Policy(unet=pipe.unet, alphas_cumprod=sch.alphas_cumprod, final_alpha_cumprod=sch.final_alpha_cumprod,
+                    prediction_type=sch.config.prediction_type, eta=1.0, guidance_scale=args.guidance)
+    timesteps, prev_timesteps = ddim_timesteps(sch, args.steps, "cpu")
+    stds = policy.noise_stds(timesteps, prev_timesteps)
+    uncond = encode_prompts(pipe, [""], "cpu")
+    prompts, reward = load_prompts(args.prompts).all(), get_reward(args.reward)
+    size = pipe.unet.config.sample_size
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    noise_gen, rng = torch.Generator().manual_seed(args.seed + 1), np.random.default_rng(args.seed)
+
+    grads = []  # per batch: (T, n_params)
+    for b in range(args.batches):
+        batch = [prompts[i] for i in rng.integers(len(prompts), size=args.prompts_per_batch)]
+        embeds = encode_prompts(pipe, [p for p, _ in batch], "cpu")
+        with torch.no_grad():
+            traj = sample_trajectories(policy, pipe.vae, embeds, uncond, args.k, timesteps, prev_timesteps,
+                                       (pipe.unet.config.in_channels, size, size), noise_gen)
+        texts = [p for p, _ in batch for _ in range(args.k)]
+        metas = [m for _, m in batch for _ in range(args.k)]
+        rewards = torch.as_tensor(reward(traj.images, texts, metas), dtype=torch.float32)
+        advantages = leave_one_out(rewards.reshape(-1, args.k)).reshape(-1)
+        print(f"batch {b}: mean reward {float(rewards.mean()):.3f}, nonzero advantages "
+              f"{int((advantages.abs() > 1e-6).sum())}/{len(advantages)}", flush=True)
+        n = len(traj)
+        per_step = []
+        for j in range(args.steps):
+            result = policy.step(traj.latents[:, j], timesteps[j].repeat(n), prev_timesteps[j].repeat(n),
+                                 embeds[traj.prompt_index], uncond.expand(n, -1, -1), prev_sample=traj.latents[:, j + 1])
+            grad = torch.autograd.grad(-(advantages * result.log_prob).mean(), params)
+            per_step.append(torch.cat([g.reshape(-1) for g in grad]))
+        grads.append(torch.stack(per_step))
+    grads = torch.stack(grads)  # (B, T, n_params)
+
+    print(f"\n{'step':>4} {'t':>4} {'sigma_t':>8} {'cos between batches':>20} {'grad norm':>10}")
+    for j in range(args.steps):
+        print(f"{j:>4} {int(timesteps[j]):>4} {float(stds[j]):>8.3f} {mean_pairwise_cosine(grads[:, j]):>20.4f} "
+              f"{float(grads[:, j].norm(dim=1).mean()):>10.2e}")
+    keep = stds >= 0.05
+    for name, mask in (("all steps", torch.ones_like(keep)), ("sigma_t >= 0.05", keep), ("sigma_t < 0.05", ~keep)):
+        if mask.any():
+            print(f"{name:>16}: cos between batches of the summed gradient "
+                  f"{mean_pairwise_cosine(grads[:, mask].sum(1)):.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Reproduces everything under docs/results/ (the LOOP paper's Figure 2/3 analogues and the B2-DiffuRL
+# comparison on ShapesWorld). Run from the repository root with the virtualenv active. The runs were
+# made as two concurrent streams (A: cb-a then spatial, B: cb-b then counting), 1 torch thread each,
+# on a 2-core CPU. Every run: config defaults (built-in model, 10 DDIM steps, eta 1, guidance 3,
+# 16 prompts x K per epoch, LoRA rank 4, lr 5e-4, clip 0.2) and the same budget of 576 sampled images
+# (9 epochs at 64 images, 12 at 48, 18 at 32).
+set -euo pipefail
+OUT=${OUT:-runs/figs}
+COMMON="--seeds 16,27,42 --budget 576 --k 4 --set run.eval_every=3 --set run.threads=1 --set run.progress=false"
+CB="--prompts shapes:color_binding_unseen-train --set run.eval_prompts=shapes:color_binding_unseen-val --set run.eval_images_per_prompt=4"
+B2="b2.enabled=true:k=1:b2.branches=4"   # one trunk per prompt, 4 branches: 64 images/epoch like K=4
+
+# color binding: the Figure 2 methods + LOOP K=4 (stream A), B2 and LOOP K=2,3 (stream B)
+diffrl compare --algos reinforce,reinforce-loo,ppo,loop $COMMON $CB --set b2.stages=9 --out $OUT/cb-a
+diffrl compare --algos ppo:$B2,loop:$B2,loop:k=2,loop:k=3 $COMMON $CB --set b2.stages=9 --out $OUT/cb-b
+# Figure 3 on spatial (unseen pairs) and counting (no unseen split: train -> val)
+diffrl compare --algos ppo,loop:k=2,loop:k=3,loop $COMMON --prompts shapes:spatial_unseen-train \
+  --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_images_per_prompt=4 --out $OUT/spatial
+diffrl compare --algos ppo,loop:k=2,loop:k=3,loop $COMMON --prompts shapes:counting_train \
+  --set run.eval_prompts=shapes:counting_val --set run.eval_images_per_prompt=8 --out $OUT/counting
+
+# The figures: reports over subsets of those runs (seeds are replicates, grouped by algorithm and K)
+R=runs
+diffrl report $OUT/cb-a/$R/{reinforce,reinforce-loo,ppo}/seed* --out docs/results/figure2
+diffrl report $OUT/cb-a/$R/{ppo,loop}/seed* $OUT/cb-b/$R/loop_k_{2,3}/seed* --out docs/results/figure3-color_binding
+for CAT in spatial counting; do
+  diffrl report $OUT/$CAT/$R/*/seed* --out docs/results/figure3-$CAT
+done
+diffrl report $OUT/cb-a/$R/{ppo,loop}/seed* $OUT/cb-b/$R/{ppo,loop}_b2*/seed* --out docs/results/b2-color_binding
+for D in cb-a cb-b spatial counting; do cp $OUT/$D/compare.json docs/results/compare-$D.json; done
