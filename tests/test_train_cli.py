@@ -34,6 +34,7 @@ def test_run_directory_layout(run_dir):
                 "grad_norm", "loss", "images_per_s", "ratio_mean"):
         assert np.isfinite(records[-1][key]), key
     assert "eval/brightness" in records[0] and "eval/brightness" in records[-1]
+    assert records[-1]["trained_steps"] == 1  # 3 steps: the last two (sigma_t 0.04, 0.02) are not trained
 
 
 def test_lora_changed_and_loads_into_plain_diffusers(run_dir, tiny_pipeline_dir):

@@ -378,6 +378,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
         branch_step = first_step if b.branches > 1 else None
         metrics.update({"b2/stage": stage, "b2/first_trained_step": first_step, "b2/trained_steps": end_step - first_step})
     steps = trained_steps(first_step, end_step, policy.noise_stds(timesteps, prev_timesteps), t.min_noise_std)
+    metrics["trained_steps"] = len(steps)
 
     # ---- sample
     policy.unet.eval()
