@@ -34,7 +34,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--algo", choices=list(ESTIMATORS), help="estimator (default: loop)")
     p.add_argument("--k", type=int, help="images per prompt K (default: 4)")
     p.add_argument("--prompts", help="prompt file, shapes:<category>_<split>, builtin:animals, t2i-compbench:..., or module:function")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 20)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 60)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--out", help="run directory (default: runs/<date>-<time>-<algo>)")
     p.add_argument("--config", help="TOML/YAML config file or preset name (e.g. loop_sd2)")
