@@ -164,6 +164,29 @@ def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_p
     assert (tmp_path / "base" / "grid.png").read_bytes() != (tmp_path / "tuned" / "grid.png").read_bytes()
 
 
+def test_evaluate_paired_change_against_a_baseline(compared, tiny_pipeline_dir, tmp_path, capsys):
+    out, _, _ = compared
+    run = out / "runs" / "loop" / "seed0"
+    common = ["--prompts", "tests.test_commands:category_prompts", "--reward", "brightness", "--threads", "1",
+              "--images-per-prompt", "1"]
+    assert main(["evaluate", "--model", str(tiny_pipeline_dir), "--steps", "2", "--out", str(tmp_path / "base"),
+                 *common]) == 0
+    base_json = tmp_path / "base" / "results.json"
+    assert main(["evaluate", "--lora", str(run), "--out", str(tmp_path / "tuned"), "--baseline", str(base_json),
+                 *common]) == 0
+    base, tuned = json.loads(base_json.read_text()), json.loads((tmp_path / "tuned" / "results.json").read_text())
+    change = tuned["baseline"]["paired_change"]["brightness"]
+    expected = tuned["metrics"]["brightness"]["overall"]["mean"] - base["metrics"]["brightness"]["overall"]["mean"]
+    assert math.isclose(change["mean"], expected, abs_tol=1e-9)
+    assert change["better"] + change["worse"] + change["equal"] == tuned["num_prompts"]
+    assert "paired over prompts" in capsys.readouterr().out
+    # Another seed would not be a paired comparison: refused before anything is generated.
+    assert main(["evaluate", "--lora", str(run), "--out", str(tmp_path / "x"), "--baseline", str(base_json),
+                 "--seed", "1", *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differs in --seed" in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
 def test_evaluate_full_finetune_run_loads_its_unet(tiny_pipeline_dir, prompt_file, tmp_path):
     from diffrl import load_config, train
 

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     e.add_argument("--out", type=Path, help="output dir for results.json + grid.png (default: RUN/evaluate "
                                             "or runs/evaluate)")
     e.add_argument("--threads", type=int, help="torch CPU threads")
+    e.add_argument("--baseline", type=Path, metavar="RESULTS_JSON",
+                   help="results.json of an earlier evaluate on the same prompts, seed and sampling (e.g. the base "
+                        "model): also print the paired per-prompt change with its 95%% CI")
     e.set_defaults(func=cmd_evaluate)
 
     c = subparsers.add_parser(
@@ -211,6 +214,8 @@ def cmd_evaluate(args) -> int:
     shapes_world = all("objects" in meta for _, meta in prompts)
     names = eval_reward_names(reward_config, prompts if shapes_world else None)
     rewards = {name: get_reward(name) for name in names}
+    sampling = {"num_steps": steps, "guidance_scale": guidance, "eta": eta}
+    baseline = load_baseline(args.baseline, [p for p, _ in prompts], n, args.seed, sampling) if args.baseline else None
     model = args.model or defaults.model.pretrained
     resolve_model(model)
     out = args.out or (lora / "evaluate" if run is not None else Path("runs/evaluate"))
@@ -237,7 +242,7 @@ def cmd_evaluate(args) -> int:
     result = {
         "schema": "diffrl.evaluate/1", "model": model, "weights": loaded, "prompts": prompt_spec,
         "num_prompts": len(prompts), "images_per_prompt": n, "seed": args.seed,
-        "sampling": {"num_steps": steps, "guidance_scale": guidance, "eta": eta},
+        "sampling": sampling,
         "ci": {"level": 0.95, "unit": "prompt", "formula": "mean +- t_{0.975, n-1} * s / sqrt(n) over per-prompt means"},
         "metrics": summary,
         "per_prompt": [{"prompt": texts[i * n], "category": categories[i],
@@ -246,6 +251,8 @@ def cmd_evaluate(args) -> int:
                        for i in range(len(prompts))],
         "wall_s": time.perf_counter() - start,
     }
+    if baseline is not None:
+        result["baseline"] = {"results": str(args.baseline), "paired_change": paired_change(result, baseline)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(jsonable(result), indent=1))
     first = names[0]
@@ -259,5 +266,41 @@ def cmd_evaluate(args) -> int:
         for label, s in rows:
             ci = f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if s["n"] > 1 else "[n/a]"
             print(f"  {name:16s} {label:14s} {s['mean']:.4f} {ci}  ({s['n']} prompts)")
+    if baseline is not None:
+        print(f"diffrl: evaluate: change from {args.baseline}, paired over prompts: mean [95% CI]")
+        for name, c in result["baseline"]["paired_change"].items():
+            ci = f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" if c["n"] > 1 else "[n/a]"
+            print(f"  {name:16s} {c['mean']:+.4f} {ci}  prompts better {c['better']}, worse {c['worse']}, "
+                  f"equal {c['equal']}")
     print(f"diffrl: evaluate: wrote {out / 'results.json'} and {out / 'grid.png'}")
     return 0
+
+
+def load_baseline(path: Path, prompts: list[str], images_per_prompt: int, seed: int, sampling: dict) -> dict:
+    """An earlier results.json, refused unless it scored the same prompts with the same seeds and sampling."""
+    try:
+        baseline = json.loads(Path(path).read_text())
+        same = {"prompts": [p["prompt"] for p in baseline["per_prompt"]] == prompts,
+                "--images-per-prompt": baseline["images_per_prompt"] == images_per_prompt,
+                "--seed": baseline["seed"] == seed, "sampling": baseline["sampling"] == sampling}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DiffrlError(f"--baseline {path}: not a diffrl evaluate results.json ({type(err).__name__})") from None
+    if not all(same.values()):
+        raise DiffrlError(f"--baseline {path} differs in {', '.join(k for k, v in same.items() if not v)}: "
+                          "a paired change needs the same prompts, images per prompt, seed and sampling")
+    return baseline
+
+
+def paired_change(result: dict, baseline: dict) -> dict:
+    """Per metric: mean and 95% t CI over prompts of (this - baseline) per-prompt means, and the prompt counts."""
+    from diffrl.report import mean_ci
+
+    out = {}
+    for name in result["per_prompt"][0]["scores"]:
+        if name not in baseline["per_prompt"][0]["scores"]:
+            continue
+        diff = np.array([a["scores"][name] - b["scores"][name]
+                         for a, b in zip(result["per_prompt"], baseline["per_prompt"])])
+        out[name] = {**mean_ci(diff), "better": int((diff > 0).sum()), "worse": int((diff < 0).sum()),
+                     "equal": int((diff == 0).sum())}
+    return out
