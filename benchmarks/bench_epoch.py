@@ -194,6 +194,7 @@ def worker_diffrl(spec: dict) -> dict:
         "train.algo": "loop", "train.inner_epochs": spec["inner_epochs"], "train.minibatches": spec["minibatches"],
         "train.chunk_size": 10**9 if chunk == "all" else int(chunk),
         "train.timestep_fraction": spec["timestep_fraction"], "train.learning_rate": 3e-4,
+        "train.min_noise_std": 0.0,  # every step, as TRL trains: the same work on both sides
         "run.reward": spec["reward"], "run.prompts": spec["prompts"], "run.seed": spec["seed"],
         "run.epochs": epochs, "run.eval_prompts": "none", "run.tensorboard": False, "run.progress": False,
         "run.image_every": 10**6, "run.save_every": 10**6, "run.threads": spec["threads"], "run.out": str(out),
