@@ -88,7 +88,7 @@ class B2Config:
 class RunConfig:
     out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
-    epochs: int = opt(60, "Training epochs (one epoch = sample, reward, update). Demo: 60 x 64 images, about 9 min on 2 CPU cores.")
+    epochs: int = opt(60, "Training epochs (one epoch = sample, reward, update). Demo: 60 x 64 images, about 6 min on 2 CPU cores.")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
     prompts: str = opt("shapes:color_binding_unseen-train", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts with color-shape combos the base model was not pretrained on.")
     eval_prompts: str | None = opt("shapes:color_binding_unseen-val", "Held-out prompts evaluated before training and every eval_every epochs (None: off). Demo: the other half of the unseen color-binding pairs.")
