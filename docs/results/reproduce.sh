@@ -29,3 +29,4 @@ for CAT in spatial counting; do
 done
 diffrl report $OUT/cb-a/$R/{ppo,loop}/seed* $OUT/cb-b/$R/{ppo,loop}_b2*/seed* --out docs/results/b2-color_binding
 for D in cb-a cb-b spatial counting; do cp $OUT/$D/compare.json docs/results/compare-$D.json; done
+rm -f docs/results/*/report.html   # its image links point into runs/, which is not committed
