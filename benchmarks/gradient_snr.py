@@ -49,8 +49,7 @@ def main() -> None:
     pipe = load_pipeline(resolve_model(args.model))
     add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])
     sch = pipe.scheduler
-    policy = Policy(unet=pipe.unet, alphas_cumprod=sch.alphas_cumprod, final_alpha_cumprod=sch.final_alpha_cumprod,
-                    prediction_type=sch.config.prediction_type, eta=1.0, guidance_scale=args.guidance)
+    policy = Policy.from_scheduler(pipe.unet, sch, "cpu", eta=1.0, guidance_scale=args.guidance)
     timesteps, prev_timesteps = ddim_timesteps(sch, args.steps, "cpu")
     stds = policy.noise_stds(timesteps, prev_timesteps)
     uncond = encode_prompts(pipe, [""], "cpu")

@@ -229,9 +229,7 @@ def cmd_evaluate(args) -> int:
     loaded = load_weights(pipe, lora) if lora is not None else None
     scheduler = pipe.scheduler
     device = pipe.unet.device
-    policy = Policy(unet=pipe.unet, alphas_cumprod=scheduler.alphas_cumprod.to(device),
-                    final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
-                    prediction_type=scheduler.config.prediction_type, eta=eta, guidance_scale=guidance)
+    policy = Policy.from_scheduler(pipe.unet, scheduler, device, eta, guidance)
     size = image_size(pipe, defaults.model.resolution)
     latent_shape = (pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape)

@@ -41,6 +41,15 @@ class Policy:
     guidance_scale: float
     logprob_reduce: str = "mean"
 
+    @classmethod
+    def from_scheduler(cls, unet: torch.nn.Module, scheduler, device, eta: float, guidance_scale: float,
+                       logprob_reduce: str = "mean") -> "Policy":
+        """The policy of `unet` under a diffusers DDIM scheduler's abar table, moved to `device`."""
+        return cls(unet=unet, alphas_cumprod=scheduler.alphas_cumprod.to(device),
+                   final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
+                   prediction_type=scheduler.config.prediction_type, eta=eta, guidance_scale=guidance_scale,
+                   logprob_reduce=logprob_reduce)
+
     def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
         """sigma_t of each step of a schedule, (T,)."""
         return schedule_noise_stds(timesteps, prev_timesteps, self.alphas_cumprod, self.final_alpha_cumprod, self.eta)

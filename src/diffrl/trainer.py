@@ -161,14 +161,12 @@ def train(config: Config, resume: bool = False) -> Path:
     wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
 
     scheduler = pipe.scheduler
-    policy = Policy(unet=unet, alphas_cumprod=scheduler.alphas_cumprod.to(device),
-                    final_alpha_cumprod=scheduler.final_alpha_cumprod.to(device),
-                    prediction_type=scheduler.config.prediction_type, eta=s.eta,
-                    guidance_scale=s.guidance_scale, logprob_reduce=s.logprob_reduce)
+    policy = Policy.from_scheduler(unet, scheduler, device, s.eta, s.guidance_scale, s.logprob_reduce)
     train_policy = dataclasses.replace(policy, unet=wrapped_unet)
     timesteps, prev_timesteps = ddim_timesteps(scheduler, s.num_steps, device)
+    step_stds = policy.noise_stds(timesteps, prev_timesteps)  # sigma_t per step: which steps are trained
     narrowest = b2core.trained_interval(0, s.num_steps, b.start_steps, b.stages) if b.enabled else (0, s.num_steps)
-    if not len(trained_steps(*narrowest, policy.noise_stds(timesteps, prev_timesteps), t.min_noise_std)):
+    if not len(trained_steps(*narrowest, step_stds, t.min_noise_std)):
         raise DiffrlError(f"no denoising step in [{narrowest[0]}, {narrowest[1]}) has sigma_t >= train.min_noise_std="
                           f"{t.min_noise_std:g}; lower it, or train more steps (sample.num_steps, b2.start_steps)")
     size = image_size(pipe, config.model.resolution)
@@ -230,7 +228,8 @@ def train(config: Config, resume: bool = False) -> Path:
             for epoch in range(counters["epoch"], r.epochs):
                 metrics = run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer, trainable,
                                     estimator, prompt_source, reward_fn, tracker, history, prompt_rng, noise_gen,
-                                    train_gen, timesteps, prev_timesteps, latent_shape, uncond, counters, out, logger)
+                                    train_gen, timesteps, prev_timesteps, step_stds, latent_shape, uncond, counters,
+                                    out, logger)
                 counters["epoch"] = epoch + 1
                 done = epoch + 1 == r.epochs
                 if r.eval_every and ((epoch + 1) % r.eval_every == 0) or done:
@@ -364,8 +363,8 @@ def sample_epoch(config, policy, pipe, prompt_source, prompt_rng, noise_gen, tim
 
 
 def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer, trainable, estimator, prompt_source,
-              reward_fn, tracker, history, prompt_rng, noise_gen, train_gen, timesteps, prev_timesteps, latent_shape,
-              uncond, counters, out, logger) -> dict:
+              reward_fn, tracker, history, prompt_rng, noise_gen, train_gen, timesteps, prev_timesteps, step_stds,
+              latent_shape, uncond, counters, out, logger) -> dict:
     s, t, r, b = config.sample, config.train, config.run, config.b2
     metrics: dict = {}
     start = time.perf_counter()
@@ -377,7 +376,7 @@ def run_epoch(epoch, config, accelerator, pipe, policy, train_policy, optimizer,
         first_step, end_step = b2core.trained_interval(stage, s.num_steps, b.start_steps, b.stages)
         branch_step = first_step if b.branches > 1 else None
         metrics.update({"b2/stage": stage, "b2/first_trained_step": first_step, "b2/trained_steps": end_step - first_step})
-    steps = trained_steps(first_step, end_step, policy.noise_stds(timesteps, prev_timesteps), t.min_noise_std)
+    steps = trained_steps(first_step, end_step, step_stds, t.min_noise_std)
     metrics["trained_steps"] = len(steps)
 
     # ---- sample

@@ -31,12 +31,6 @@ class StepResult(NamedTuple):
     std: Tensor  # (B, 1, 1, 1)  sigma_t
 
 
-def _per_sample(values: Tensor, index: Tensor, like: Tensor) -> Tensor:
-    """values[index] shaped (B, 1, 1, 1) to broadcast against `like` (B, C, h, w)."""
-    out = values.to(like.device)[index.to(like.device).long()]
-    return out.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
-
-
 def epsilon_from_model_output(model_output: Tensor, sample: Tensor, abar_t: Tensor, prediction_type: str) -> Tensor:
     """The noise estimate eps for 'epsilon' (SD 1.x, SD 2.0-base) or 'v_prediction' (SD 2.x 768-v) models."""
     if prediction_type == "epsilon":
@@ -61,13 +55,20 @@ def noise_std(abar_t: Tensor, abar_prev: Tensor, eta: float) -> Tensor:
     return eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()
 
 
+def abar_pair(timestep: Tensor, prev_timestep: Tensor, alphas_cumprod: Tensor,
+              final_alpha_cumprod: Tensor | float) -> tuple[Tensor, Tensor]:
+    """(abar_t, abar_prev) for integer timesteps; prev < 0 ("after the last step") uses final_alpha_cumprod."""
+    final = torch.as_tensor(final_alpha_cumprod, dtype=alphas_cumprod.dtype, device=alphas_cumprod.device)
+    table = torch.cat([alphas_cumprod, final.reshape(1)])  # index -1 -> final_alpha_cumprod
+    device = alphas_cumprod.device
+    prev_index = torch.where(prev_timestep >= 0, prev_timestep, torch.full_like(prev_timestep, -1))
+    return table[timestep.to(device).long()], table[prev_index.to(device).long()]
+
+
 def schedule_noise_stds(timesteps: Tensor, prev_timesteps: Tensor, alphas_cumprod: Tensor,
                         final_alpha_cumprod: Tensor | float, eta: float) -> Tensor:
-    """sigma_t of every step of a sampling schedule, (T,). prev < 0 uses final_alpha_cumprod."""
-    final = torch.as_tensor(final_alpha_cumprod, dtype=alphas_cumprod.dtype)
-    abar_t = alphas_cumprod.cpu()[timesteps.cpu().long()]
-    abar_prev = torch.where(prev_timesteps.cpu() >= 0, alphas_cumprod.cpu()[prev_timesteps.cpu().clamp(min=0).long()], final)
-    return noise_std(abar_t, abar_prev, eta)
+    """sigma_t of every step of a sampling schedule, (T,), on the CPU."""
+    return noise_std(*abar_pair(timesteps, prev_timesteps, alphas_cumprod, final_alpha_cumprod), eta).cpu()
 
 
 def trained_steps(first_step: int, end_step: int, stds: Tensor, min_std: float) -> Tensor:
@@ -109,11 +110,9 @@ def ddim_step_with_log_prob(
     """
     if eta <= 0:
         raise ValueError("eta must be > 0: with eta = 0 DDIM is deterministic and has no log-probability")
-    final = torch.as_tensor(final_alpha_cumprod, dtype=alphas_cumprod.dtype, device=alphas_cumprod.device)
-    table = torch.cat([alphas_cumprod, final.reshape(1)])  # index -1 -> final_alpha_cumprod
-    prev_index = torch.where(prev_timestep >= 0, prev_timestep, torch.full_like(prev_timestep, -1))
-    abar_t = _per_sample(table, timestep, sample)
-    abar_prev = _per_sample(table, prev_index, sample)
+    shape = (-1, *([1] * (sample.ndim - 1)))  # (B, 1, 1, 1): broadcasts against (B, C, h, w)
+    abar_t, abar_prev = (a.to(sample.device, sample.dtype).reshape(shape)
+                         for a in abar_pair(timestep, prev_timestep, alphas_cumprod, final_alpha_cumprod))
 
     eps = epsilon_from_model_output(model_output, sample, abar_t, prediction_type)
     x0_pred = (sample - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
