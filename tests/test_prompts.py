@@ -42,3 +42,72 @@ def test_sampling_is_seeded():
 def test_bad_prompt_specs(spec, message):
     with pytest.raises(DiffrlError, match=message):
         load_prompts(spec)
+
+
+# --- T2I-CompBench(++) prompt files: any <name>.txt of a local examples/dataset folder ---------------
+
+
+@pytest.fixture
+def compbench_dir(tmp_path, monkeypatch):
+    """A fake examples/dataset folder with original and T2I-CompBench++ file names."""
+    files = {
+        "color_train.txt": "a green bench and a red car\n",
+        "non_spatial_val.txt": "a man is riding a horse\n\n a cat sleeps \n",
+        "numeracy_val.txt": "three apples and two cats\n",
+        "3d_spatial_train.txt": "a lamp in front of a sofa\na cup behind a book\n",
+        "shape_val_unseen.txt": "an oval mirror and a square rug\n",
+        "empty_val.txt": "\n  \n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "README.md").write_text("not a prompt set\n")
+    monkeypatch.setenv("DIFFRL_T2I_COMPBENCH_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_t2i_compbench_reads_original_and_plus_files(compbench_dir):
+    from diffrl.prompts_t2i import available_sets, load_t2i_compbench
+
+    assert load_t2i_compbench("t2i-compbench:non_spatial_val") == ["a man is riding a horse", "a cat sleeps"]
+    assert load_t2i_compbench("t2i-compbench:numeracy_val") == ["three apples and two cats"]
+    assert load_t2i_compbench("shape_val_unseen", compbench_dir) == ["an oval mirror and a square rug"]  # prefix optional
+    assert load_t2i_compbench("t2i-compbench:color_train.txt") == ["a green bench and a red car"]
+    source = load_prompts("t2i-compbench:3d_spatial_train")
+    assert source.all() == [("a lamp in front of a sofa", {}), ("a cup behind a book", {})]
+    assert available_sets(compbench_dir) == ["3d_spatial_train", "color_train", "empty_val", "non_spatial_val",
+                                             "numeracy_val", "shape_val_unseen"]
+
+
+def test_t2i_compbench_missing_name_lists_what_is_there(compbench_dir):
+    from diffrl.prompts_t2i import load_t2i_compbench
+
+    with pytest.raises(DiffrlError) as err:
+        load_prompts("t2i-compbench:shape_val")
+    message = str(err.value)
+    assert "\n" not in message and "shape_val.txt" in message
+    assert message.endswith("available: 3d_spatial_train, color_train, empty_val, non_spatial_val, numeracy_val, "
+                            "shape_val_unseen")
+    empty = compbench_dir / "nothing"
+    empty.mkdir()
+    with pytest.raises(DiffrlError, match="available: none"):
+        load_t2i_compbench("color_val", empty)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("t2i-compbench:empty_val", "holds no prompts"),
+    ("t2i-compbench:", "unknown T2I-CompBench prompt set"),
+    ("t2i-compbench:../color_train", "unknown T2I-CompBench prompt set"),
+])
+def test_t2i_compbench_bad_specs(compbench_dir, spec, message):
+    with pytest.raises(DiffrlError, match=message):
+        load_prompts(spec)
+
+
+def test_t2i_compbench_directory_errors(tmp_path, monkeypatch):
+    from diffrl.prompts_t2i import load_t2i_compbench
+
+    with pytest.raises(DiffrlError, match="does not exist"):
+        load_t2i_compbench("t2i-compbench:color_val", tmp_path / "missing")
+    monkeypatch.delenv("DIFFRL_T2I_COMPBENCH_DIR", raising=False)
+    with pytest.raises(DiffrlError, match="DIFFRL_T2I_COMPBENCH_DIR"):
+        load_prompts("t2i-compbench:color_val")

@@ -48,3 +48,26 @@ def test_held_out_reward_names_drop_weights_like_training_does():
     config = Config()
     config.run.reward = "tests.helpers:half_nan_reward:0.5,brightness:2,remote:http://h:8000"
     assert eval_reward_names(config, None) == ["tests.helpers:half_nan_reward", "brightness", "remote:http://h:8000"]
+
+
+def test_remote_specs_dispatch_through_a_registered_scheme_without_an_import_cycle():
+    import ast
+    from pathlib import Path
+
+    import diffrl.rewards.base as base
+    from diffrl.rewards.remote import RemoteReward
+
+    reward = get_reward("remote:http://127.0.0.1:9")  # no request is made until it is called
+    assert isinstance(reward, RemoteReward) and reward.url == "http://127.0.0.1:9"
+    tree = ast.parse(Path(base.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("diffrl.rewards.") for m in imported), imported  # the registry imports no provider
+
+    calls = []
+    base.register_reward_scheme("echo-test")(lambda arg: calls.append(arg) or (lambda images, prompts, metadata: 0))
+    try:
+        get_reward("echo-test:some:arg")
+        assert calls == ["some:arg"]
+    finally:
+        base._SCHEMES.pop("echo-test")

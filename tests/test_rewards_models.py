@@ -6,7 +6,6 @@ independent computation, not the quality of any score.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -427,26 +426,3 @@ def test_owlv2_torch_preprocessing_shape(owl_dir):
     mean, std = np.array(processor.image_processor.image_mean), np.array(processor.image_processor.image_std)
     np.testing.assert_allclose(x[0, :, 2, 16].numpy(), (1 - mean) / std, atol=1e-4)  # image rows: white
     np.testing.assert_allclose(x[0, :, 30, 16].numpy(), (0 - mean) / std, atol=1e-4)  # zero padding below
-
-
-# --- T2I-CompBench prompt files --------------------------------------------------------------------
-
-
-def test_load_t2i_compbench(tmp_path, monkeypatch):
-    from diffrl.prompts_t2i import load_t2i_compbench
-
-    (tmp_path / "non_spatial_val.txt").write_text("a man is riding a horse\n\n a cat sleeps \n")
-    (tmp_path / "color_train.txt").write_text("a green bench and a red car\n")
-    assert load_t2i_compbench("t2i-compbench:non_spatial_val", tmp_path) == ["a man is riding a horse", "a cat sleeps"]
-    monkeypatch.setenv("DIFFRL_T2I_COMPBENCH_DIR", str(tmp_path))
-    assert load_t2i_compbench("t2i-compbench:color_train") == ["a green bench and a red car"]
-    with pytest.raises(DiffrlError, match="shape_val.txt"):
-        load_t2i_compbench("t2i-compbench:shape_val")
-    with pytest.raises(DiffrlError, match="unknown T2I-CompBench"):
-        load_t2i_compbench("t2i-compbench:colour_train")
-    with pytest.raises(DiffrlError, match="does not exist"):
-        load_t2i_compbench("t2i-compbench:color_val", tmp_path / "missing")
-    monkeypatch.delenv("DIFFRL_T2I_COMPBENCH_DIR")
-    with pytest.raises(DiffrlError, match="DIFFRL_T2I_COMPBENCH_DIR"):
-        load_t2i_compbench("t2i-compbench:color_val")
-    json.dumps(load_t2i_compbench("color_train", tmp_path))  # the prefix is optional

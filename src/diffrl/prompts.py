@@ -3,7 +3,8 @@
 Spec forms:
   path/to/prompts.txt             one prompt per line (blank lines and #-comments skipped)
   shapes:<category>_<split>       ShapesWorld prompts with metadata, e.g. shapes:color_binding_unseen-train
-  t2i-compbench:<category>_<split>  T2I-CompBench prompt files from a local copy (DIFFRL_T2I_COMPBENCH_DIR)
+  t2i-compbench:<name>            <name>.txt of a local T2I-CompBench(++) examples/dataset folder
+                                  (DIFFRL_T2I_COMPBENCH_DIR), e.g. color_train, numeracy_val
   builtin:animals                 DDPO's simple animal list
   module:function                 returns a list of prompts / (prompt, metadata) pairs, or one
                                   (prompt, metadata) pair per call (DDPO's prompt_fn)

@@ -91,20 +91,51 @@ def held_out_summary(records: list[dict]) -> list[str]:
     return lines
 
 
+def wrap_caption(text: str, width: float, measure) -> list[str]:
+    """Greedy word wrap of `text` into lines whose `measure(line)` (pixels) is at most `width`.
+
+    Lines break at spaces; a single word wider than `width` is broken inside, character by character.
+    """
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if measure(candidate) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+            line = ""
+        while measure(word) > width and len(word) > 1:
+            cut = 1
+            while cut < len(word) and measure(word[:cut + 1]) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line or not lines:
+        lines.append(line)
+    return lines
+
+
 def image_grid(images: np.ndarray, captions: list[str], columns: int = 4, scale: int = 4) -> Image.Image:
-    """Tile uint8 images (N, H, W, 3), upscaled `scale`x (nearest), each with a caption line below."""
+    """Tile uint8 images (N, H, W, 3), upscaled `scale`x (nearest), each with its caption below,
+    wrapped at word boundaries to the cell width as measured with the drawing font."""
     n, h, w, _ = images.shape
     cell_w, cell_h = w * scale, h * scale
-    caption_h = 12 * max(1, max((len(c) * 6) // max(cell_w, 1) + 1 for c in captions) if captions else 1)
     rows = math.ceil(n / columns)
+    measurer = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = measurer.getfont()
+    line_h = max(12, sum(font.getmetrics())) if hasattr(font, "getmetrics") else 12
+    wrapped = [wrap_caption(c, cell_w - 2, lambda t: measurer.textlength(t, font=font)) for c in captions]
+    caption_h = line_h * max([len(lines) for lines in wrapped] + [1])
     grid = Image.new("RGB", (columns * cell_w, rows * (cell_h + caption_h)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (image, caption) in enumerate(zip(images, captions)):
+    for i, (image, lines) in enumerate(zip(images, wrapped)):
         x, y = (i % columns) * cell_w, (i // columns) * (cell_h + caption_h)
         grid.paste(Image.fromarray(image).resize((cell_w, cell_h), Image.NEAREST), (x, y))
-        chars = max(1, cell_w // 6)
-        for j in range(0, len(caption), chars):
-            draw.text((x + 1, y + cell_h + 12 * (j // chars)), caption[j:j + chars], fill="black")
+        for j, line in enumerate(lines):
+            draw.text((x + 1, y + cell_h + line_h * j), line, fill="black", font=font)
     return grid
 
 

@@ -22,8 +22,10 @@ class Reward(Protocol):
 
 # name -> zero-argument factory; factories import heavy dependencies lazily.
 _REGISTRY: dict[str, Callable[[], Reward]] = {}
-# Modules that register rewards when imported (kept lazy so `import diffrl` stays light).
-_PROVIDERS = ["diffrl.rewards.simple", "diffrl.rewards.shapes", "diffrl.rewards.models"]
+# scheme -> one-argument factory for specs "scheme:ARGUMENT" (remote:http://host:port).
+_SCHEMES: dict[str, Callable[[str], Reward]] = {}
+# Modules that register rewards or schemes when imported (kept lazy so `import diffrl` stays light).
+_PROVIDERS = ["diffrl.rewards.simple", "diffrl.rewards.shapes", "diffrl.rewards.models", "diffrl.rewards.remote"]
 
 
 def register_reward(name: str) -> Callable[[Callable[[], Reward]], Callable[[], Reward]]:
@@ -31,6 +33,16 @@ def register_reward(name: str) -> Callable[[Callable[[], Reward]], Callable[[], 
 
     def wrap(factory: Callable[[], Reward]) -> Callable[[], Reward]:
         _REGISTRY[name] = factory
+        return factory
+
+    return wrap
+
+
+def register_reward_scheme(scheme: str) -> Callable[[Callable[[str], Reward]], Callable[[str], Reward]]:
+    """Decorator registering `factory(argument)` for reward specs ``scheme:argument``."""
+
+    def wrap(factory: Callable[[str], Reward]) -> Callable[[str], Reward]:
+        _SCHEMES[scheme] = factory
         return factory
 
     return wrap
@@ -51,16 +63,14 @@ def reward_names() -> list[str]:
 
 
 def get_reward(name: str) -> Reward:
-    """A reward by registered name, or a user function given as ``module:function``."""
+    """A reward by registered name, a registered scheme (``remote:URL``), or a user function ``module:function``."""
     _load_providers()
     if name in _REGISTRY:
         return _REGISTRY[name]()
-    if name.startswith("remote:"):  # a reward server: remote:http://host:port
-        from diffrl.rewards.remote import RemoteReward
-
-        return RemoteReward(name[len("remote:"):])
-    if ":" in name and not name.startswith("remote:"):
-        module_name, _, attr = name.partition(":")
+    module_name, sep, attr = name.partition(":")
+    if sep and module_name in _SCHEMES:  # e.g. a reward server: remote:http://host:port
+        return _SCHEMES[module_name](attr)
+    if sep:
         try:
             module = importlib.import_module(module_name)
         except ImportError as err:

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from diffrl.errors import DiffrlError
-from diffrl.rewards.base import Reward, check_rewards
+from diffrl.rewards.base import Reward, check_rewards, parse_reward_spec, register_reward_scheme
 
 HEADER_PREFIX = struct.Struct(">I")
 DEFAULT_MAX_BODY_BYTES = 256 * 2**20
@@ -255,6 +255,12 @@ class RemoteReward:
                           "is `diffrl serve-reward` running there?")
 
 
+@register_reward_scheme("remote")
+def _remote_reward(url: str) -> RemoteReward:
+    """`get_reward("remote:http://host:port")`: registered here, so the registry never imports this module's names."""
+    return RemoteReward(url)
+
+
 def _error_message(err: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(err.read()).get("error", err.reason))
@@ -276,8 +282,6 @@ def register(subparsers) -> None:
 
 
 def _serve_command(args) -> int:
-    from diffrl.rewards.base import parse_reward_spec
-
     reward = parse_reward_spec(args.reward)
     serve(reward, args.host, args.port, int(args.max_body_mb * 2**20), name=args.reward)
     return 0
