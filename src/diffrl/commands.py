@@ -48,12 +48,16 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Runs every method x seed with the same budget of sampled images (epochs = ceil(budget / "
                     "images per epoch)), then writes compare.json, reward_vs_images.png, reward_vs_wallclock.png "
-                    "and report.html. Re-running with more methods or seeds reuses finished runs.",
+                    "and report.html. Finished runs are skipped and interrupted ones resumed from their newest "
+                    "checkpoint, so the same command (or --resume DIR) continues a comparison; more methods or "
+                    "seeds later train only what is missing.",
         epilog="--algos syntax: ALGO[:k=N][:section.key=value...], comma separated, e.g.\n"
-               "  --algos ppo,loop:k=2,loop:k=3,loop:k=4\n  --algos loop,loop:train.loo_std=group")
-    c.add_argument("--algos", required=True, help="methods, e.g. loop,ppo,reinforce,reinforce-loo or loop:k=2,ppo")
-    c.add_argument("--seeds", default="3", help="a count (3 -> seeds 0,1,2) or a list (16,27,42); default 3")
-    c.add_argument("--budget", type=int, required=True, help="sampled images per run")
+               "  --algos ppo,loop:k=2,loop:k=3,loop:k=4\n  --algos loop,loop:train.loo_std=group\n"
+               "e.g. diffrl compare --algos loop,ppo --seeds 3 --budget 640 --lr-sweep 3e-4,1e-3,3e-3 \\\n"
+               "       --target eval/shapes_success=0.85 --out runs/cmp    # later: diffrl compare --resume runs/cmp")
+    c.add_argument("--algos", help="methods, e.g. loop,ppo,reinforce,reinforce-loo or loop:k=2,ppo")
+    c.add_argument("--seeds", help="a count (3 -> seeds 0,1,2) or a list (16,27,42); default 3")
+    c.add_argument("--budget", type=int, help="sampled images per run")
     c.add_argument("--k", type=int, help="K for methods without their own :k=")
     c.add_argument("--model", help="pipeline for every run (model.pretrained)")
     c.add_argument("--reward", help="training reward for every run (run.reward)")
@@ -61,7 +65,12 @@ def register(subparsers) -> None:
     c.add_argument("--config", help="TOML/YAML config file or preset applied to every run")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run (repeatable)")
-    c.add_argument("--out", type=Path, required=True, help="comparison directory (runs/, compare.json, report)")
+    c.add_argument("--lr-sweep", metavar="LR,LR,LR", help="first train each method on its first seed at each of "
+                   "these (>= 3) learning rates and compare with the one of best final held-out metric (or --target's)")
+    add_target_flag(c)
+    c.add_argument("--out", type=Path, help="comparison directory (runs/, sweep/, compare.json, report)")
+    c.add_argument("--resume", type=Path, metavar="DIR", help="continue the comparison in DIR with the methods, seeds, "
+                   "budget and settings saved in DIR/compare.json (no other flags needed)")
     c.set_defaults(func=cmd_compare)
 
     r = subparsers.add_parser("report", help="rebuild figures + HTML from finished run directories",
@@ -70,16 +79,39 @@ def register(subparsers) -> None:
                                           "report.html.")
     r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     r.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
+    add_target_flag(r)
     r.set_defaults(func=cmd_report)
+
+
+def add_target_flag(parser) -> None:
+    parser.add_argument("--target", dest="targets", action="append", default=[], metavar="METRIC=VALUE",
+                        help="also report the images and seconds until METRIC first reaches VALUE, e.g. "
+                             "eval/shapes_success=0.85 (repeatable)")
 
 
 # --------------------------------------------------------------------------- compare / report
 
 
 def cmd_compare(args) -> int:
-    from diffrl.compare import compare, parse_algos, parse_seeds
+    from diffrl.compare import compare, parse_algos, parse_lr_sweep, parse_seeds, resume_spec
     from diffrl.config import parse_overrides
+    from diffrl.report import parse_target
 
+    targets = [parse_target(t) for t in args.targets]
+    flags = {"--algos": args.algos, "--seeds": args.seeds, "--budget": args.budget, "--out": args.out,
+             "--config": args.config, "--lr-sweep": args.lr_sweep, "--k": args.k, "--model": args.model,
+             "--reward": args.reward, "--prompts": args.prompts}
+    if args.resume is not None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise DiffrlError(f"--resume DIR takes its methods and settings from DIR/compare.json; drop {', '.join(given)} "
+                              "(to add methods or seeds, rerun the full command with --out DIR)")
+        spec = resume_spec(args.resume)
+        spec["base"].update(parse_overrides(args.overrides))
+        compare(**{**spec, "targets": targets or spec["targets"]})
+        return 0
+    if args.algos is None or args.budget is None or args.out is None:
+        raise DiffrlError("compare needs --algos, --budget and --out (or --resume DIR)")
     if args.budget < 1:
         raise DiffrlError(f"--budget must be a positive number of images, got {args.budget}")
     base = parse_overrides(args.overrides)
@@ -87,13 +119,15 @@ def cmd_compare(args) -> int:
                       ("prompts", "run.prompts")):
         if getattr(args, flag) is not None:
             base[key] = str(getattr(args, flag))
-    compare(parse_algos(args.algos), parse_seeds(args.seeds), args.budget, args.out, args.config, base)
+    compare(parse_algos(args.algos), parse_seeds(args.seeds or "3"), args.budget, args.out, args.config, base,
+            targets, parse_lr_sweep(args.lr_sweep) if args.lr_sweep else None)
     return 0
 
 
 def cmd_report(args) -> int:
-    from diffrl.report import default_label, load_run, write_report
+    from diffrl.report import default_label, load_run, parse_target, write_report
 
+    targets = [parse_target(t) for t in args.targets]
     groups: dict[str, list[dict]] = {}
     for run_dir in args.runs:
         run = load_run(run_dir)
@@ -109,7 +143,7 @@ def cmd_report(args) -> int:
                      for s, sec in r["config"].items()} for r in runs]
         if any(x != settings[0] for x in settings[1:]):
             print(f"diffrl: report: note: the runs of {label} differ in more than their seed")
-    write_report(groups, args.out, title="diffrl report")
+    write_report(groups, args.out, title="diffrl report", targets=targets)
     print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
           f"wrote {args.out / 'report.html'}")
     return 0

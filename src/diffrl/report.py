@@ -134,8 +134,36 @@ def run_curves(metrics: list[dict]) -> dict[str, list[tuple[int, float, float, f
     return curves
 
 
-def summarize(groups: dict[str, list[dict]]) -> dict:
-    """Per group: curves (mean and 80% PI over seeds at the epochs all seeds logged) and final values."""
+def parse_target(spec: str) -> tuple[str, float]:
+    """'eval/shapes_success=0.85' -> ('eval/shapes_success', 0.85); METRIC is reward_mean or eval/<reward>."""
+    metric, _, value = (x.strip() for x in spec.partition("="))
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (metric == "reward_mean" or (metric.startswith("eval/") and len(metric) > 5)) or not math.isfinite(number):
+        raise DiffrlError(f"--target expects METRIC=VALUE with METRIC reward_mean or eval/<reward>, "
+                          f"e.g. eval/shapes_success=0.85; got {spec!r}")
+    return metric, number
+
+
+def time_to_target(metrics: list[dict], metric: str, value: float) -> tuple[float, float] | None:
+    """(images, train seconds) at the first logged epoch where `metric` >= value; None when it never does."""
+    return next(((images, seconds) for _, images, seconds, v in run_curves(metrics).get(metric, []) if v >= value), None)
+
+
+def target_summary(runs: list[dict], metric: str, value: float) -> dict:
+    """Time to `metric` >= value over seeds: mean and 80% PI of images and seconds over the seeds that reached it."""
+    hits = [time_to_target(r["metrics"], metric, value) for r in runs]
+    reached = [h for h in hits if h is not None]
+    return {"metric": metric, "value": value, "reached": len(reached), "n": len(runs),
+            "images": prediction_interval([h[0] for h in reached]), "seconds": prediction_interval([h[1] for h in reached]),
+            "per_seed": [{"seed": r["config"]["run"]["seed"], **dict(zip(("images", "seconds"), h or (None, None)))}
+                         for r, h in zip(runs, hits)]}
+
+
+def summarize(groups: dict[str, list[dict]], targets: list[tuple[str, float]] = ()) -> dict:
+    """Per group: curves (mean and 80% PI over seeds at the epochs all seeds logged), final values, time to targets."""
     out = {}
     for label, runs in groups.items():
         per_run = [run_curves(r["metrics"]) for r in runs]
@@ -162,6 +190,7 @@ def summarize(groups: dict[str, list[dict]]) -> dict:
             "images": [int(rec.get("images_seen", 0)) for rec in last],
             "train_seconds": [run_curves(r["metrics"]).get("reward_mean", [(0, 0, 0.0, 0)])[-1][2] for r in runs],
             "final": final, "change": change, "curves": curves,
+            "time_to_target": [target_summary(runs, metric, value) for metric, value in targets],
         }
     return out
 
@@ -198,18 +227,44 @@ def plot(summary: dict, x: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(stat: dict, sign: bool = False) -> str:
+def _fmt(stat: dict, sign: bool = False, digits: int = 3) -> str:
     if not stat or stat.get("mean") is None or not math.isfinite(stat["mean"]):
         return "-"
-    number = "{:+.3f}" if sign else "{:.3f}"
+    number = f"{{:{'+' if sign else ''}.{digits}f}}"
     band = f" [{number.format(stat['pi_low'])}, {number.format(stat['pi_high'])}]" if math.isfinite(stat["pi_low"]) else ""
     return number.format(stat["mean"]) + band
 
 
-def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl report", extra: dict | None = None) -> dict:
-    """report.json, reward_vs_images.png, reward_vs_wallclock.png and report.html under `out`; returns the summary."""
+def _target_cells(t: dict) -> list[str]:
+    """'images' and 'seconds' cells of one time-to-target readout: mean [80% PI] (reached/seeds)."""
+    if not t["reached"]:
+        return [f"not reached (0/{t['n']})"] * 2
+    return [f"{_fmt(t[key], digits=digits)} ({t['reached']}/{t['n']})" for key, digits in (("images", 0), ("seconds", 1))]
+
+
+def _target_headers(summary: dict) -> list[str]:
+    first = next(iter(summary.values()), {}).get("time_to_target", [])
+    return [f"{what} to {t['metric']} >= {t['value']:g}" for t in first for what in ("images", "seconds")]
+
+
+def _sweep_table(sweep: dict) -> list[list[str]]:
+    """Rows (header first) of the learning-rate sweep: each method's final selection metric per rate, and its pick."""
+    rows = [["method", "seed", *(f"lr {v!r}" for v in sweep["values"]), "chosen"]]
+    for label, m in sweep["methods"].items():
+        finals = [m["final"].get(repr(v)) for v in sweep["values"]]
+        rows.append([label, str(m["seed"]), *("-" if f is None else f"{f:.3f}" for f in finals), repr(m["chosen"])])
+    return rows
+
+
+def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl report", extra: dict | None = None,
+                 targets: list[tuple[str, float]] = ()) -> dict:
+    """report.json, reward_vs_images.png, reward_vs_wallclock.png, report.html and report.md under `out`.
+
+    `targets`: (metric, value) pairs for the time-to-target readout; extra["lr_sweep"] adds the sweep's table.
+    Returns the summary.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(groups)
+    summary = summarize(groups, targets)
     plot(summary, "images", out / "reward_vs_images.png")
     plot(summary, "seconds", out / "reward_vs_wallclock.png")
     (out / "report.json").write_text(json.dumps(jsonable({"schema": "diffrl.report/1", "groups": summary,
@@ -219,7 +274,14 @@ def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl 
     rows = "".join(
         f"<tr><td>{esc(label)}</td><td>{len(g['runs'])}</td><td>{int(np.mean(g['images']))}</td>"
         f"<td>{np.mean(g['train_seconds']):.1f}</td>" + "".join(f"<td>{_fmt(g['final'].get(k, {}))}</td>" for k in keys)
+        + "".join(f"<td>{c}</td>" for t in g["time_to_target"] for c in _target_cells(t))
         + "</tr>" for label, g in summary.items())
+    head = "".join(f"<th>{esc(h)}</th>" for h in [*keys, *_target_headers(summary)])
+    sweep = (extra or {}).get("lr_sweep")
+    sweep_html = "" if not sweep else (
+        f"<h2>Learning-rate sweep</h2><p>Final {esc(str(sweep['metric']))} of each method on one seed per rate; "
+        "the comparison uses the chosen rate.</p><table>" + "".join(
+            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in _sweep_table(sweep)) + "</table>")
     grids = ""
     for label, runs in groups.items():
         for run in runs:
@@ -233,25 +295,34 @@ def write_report(groups: dict[str, list[dict]], out: Path, title: str = "diffrl 
 padding:3px 8px}}img{{max-width:100%}}figure{{display:inline-block;margin:8px;vertical-align:top}}</style></head><body>
 <h1>{esc(title)}</h1>
 <p>Final values: mean over seeds [80% prediction interval: mean &plusmn; t<sub>0.9,n-1</sub> s &radic;(1+1/n)].
-Wall-clock is the summed sample + reward + train time of the epochs (no evaluation or checkpointing).</p>
-<table><tr><th>method</th><th>seeds</th><th>images</th><th>train s</th>{''.join(f'<th>{esc(k)}</th>' for k in keys)}</tr>
-{rows}</table>
+Wall-clock is the summed sample + reward + train time of the epochs (no evaluation or checkpointing).
+Time to a target: images and seconds until the metric first reached the value, over the seeds that reached it
+(reached/seeds).</p>
+<table><tr><th>method</th><th>seeds</th><th>images</th><th>train s</th>{head}</tr>
+{rows}</table>{sweep_html}
 <h2>Reward vs images sampled</h2><img src="reward_vs_images.png">
 <h2>Reward vs wall-clock</h2><img src="reward_vs_wallclock.png">
 <h2>Held-out images before / after (same seeds)</h2>{grids or '<p>none</p>'}
 </body></html>"""
     (out / "report.html").write_text(page)
-    (out / "report.md").write_text(markdown_table(summary, keys))
+    (out / "report.md").write_text(markdown_table(summary, keys) + (
+        f"\nLearning-rate sweep (final {sweep['metric']}, one seed per rate):\n\n{_markdown(_sweep_table(sweep))}"
+        if sweep else ""))
     return summary
 
 
+def _markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]]) + "\n"
+
+
 def markdown_table(summary: dict, keys: list[str]) -> str:
-    """Final values and their change over the run (mean [80% PI] over seeds), one row per method."""
+    """Final values, time to each target and the change over the run (mean [80% PI] over seeds), one row per method."""
     held_out = [k for k in keys if k.startswith("eval/")]
-    header = ["method", "seeds", "images", "train s", *keys, *(f"{k} change" for k in held_out)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = [["method", "seeds", "images", "train s", *keys, *_target_headers(summary), *(f"{k} change" for k in held_out)]]
     for label, g in summary.items():
-        cells = [label, str(len(g["runs"])), str(int(np.mean(g["images"]))), f"{np.mean(g['train_seconds']):.0f}",
-                 *(_fmt(g["final"].get(k, {})) for k in keys), *(_fmt(g["change"].get(k, {}), sign=True) for k in held_out)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([label, str(len(g["runs"])), str(int(np.mean(g["images"]))), f"{np.mean(g['train_seconds']):.0f}",
+                     *(_fmt(g["final"].get(k, {})) for k in keys),
+                     *(c for t in g["time_to_target"] for c in _target_cells(t)),
+                     *(_fmt(g["change"].get(k, {}), sign=True) for k in held_out)])
+    return _markdown(rows)
