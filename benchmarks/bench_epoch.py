@@ -154,12 +154,13 @@ def worker_diffrl(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
+    import diffrl.run_state as run_state
     import diffrl.trainer as trainer
     from diffrl import load_config
 
     rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     variant = spec.get("variant", {})
-    original_load, original_lora = trainer.load_pipeline, trainer.add_lora
+    original_load, original_lora = run_state.load_pipeline, run_state.add_lora  # start_run builds the model
 
     def load_pipeline(*args, **kwargs):
         pipe = original_load(*args, **kwargs)
@@ -183,7 +184,7 @@ def worker_diffrl(spec: dict) -> dict:
         epoch_peak.setdefault("mb", _peak_memory_mb())
         return original_save(*args, **kwargs)
 
-    trainer.load_pipeline, trainer.add_lora, trainer.save = load_pipeline, add_lora, save
+    run_state.load_pipeline, run_state.add_lora, trainer.save = load_pipeline, add_lora, save
     chunk = variant.get("chunk_size", 32)
     out = Path(tempfile.mkdtemp(prefix="bench_diffrl_"))
     epochs = spec["warmup"] + spec["epochs"]

@@ -29,6 +29,24 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
                           for a, b in itertools.combinations(vectors, 2)]))
 
 
+@torch.no_grad()
+def x0_values(policy, vae, traj, embeds, uncond, reward, texts, metas) -> torch.Tensor:
+    """(n, T): the reward of the decoded x0-prediction at each step's input x_t."""
+    from diffrl.core.ddim import abar_pair
+    from diffrl.sampling import decode_images
+
+    n, steps = traj.latents.shape[0], traj.latents.shape[1] - 1
+    out = []
+    for j in range(steps):
+        x, t = traj.latents[:, j], traj.timesteps[j].repeat(n)
+        eps = policy.guided_noise(x, t, embeds[traj.prompt_index], uncond.expand(n, -1, -1))
+        abar, _ = abar_pair(t, t, policy.alphas_cumprod, policy.final_alpha_cumprod)
+        abar = abar.reshape(-1, 1, 1, 1)
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        out.append(torch.as_tensor(reward(decode_images(vae, x0), texts, metas), dtype=torch.float32))
+    return torch.stack(out, dim=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:shapes")
@@ -41,6 +59,10 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--advantage", choices=["loo", "x0", "x0-loo", "x0-td"], default="loo",
+                        help="loo: r_i - mean_{j!=i} r_j for every step; x0: r - V(x_t) with V the reward of the "
+                             "decoded x0-prediction at x_t (a state-dependent baseline); x0-loo: leave-one-out "
+                             "over the group of r - V(x_t); x0-td: V(x_{t-1}) - V(x_t) with V(x_0) = r")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,8 +94,21 @@ def main() -> None:
         print(f"batch {b}: mean reward {float(rewards.mean()):.3f}, nonzero advantages "
               f"{int((advantages.abs() > 1e-6).sum())}/{len(advantages)}", flush=True)
         n = len(traj)
+        values = None
+        if args.advantage != "loo":
+            values = x0_values(policy, pipe.vae, traj, embeds, uncond, reward, texts, metas)  # (n, T)
+            values = torch.cat([values, rewards[:, None]], dim=1)  # V(x_0) = r
+            explained = [float(np.corrcoef(values[:, j], rewards)[0, 1]) if values[:, j].std() > 0 else 0.0
+                         for j in range(args.steps)]
+            print("   corr(V(x_t), r) per step: " + " ".join(f"{c:.2f}" for c in explained), flush=True)
         per_step = []
         for j in range(args.steps):
+            if args.advantage == "x0":
+                advantages = rewards - values[:, j]
+            elif args.advantage == "x0-loo":
+                advantages = leave_one_out((rewards - values[:, j]).reshape(-1, args.k)).reshape(-1)
+            elif args.advantage == "x0-td":
+                advantages = values[:, j + 1] - values[:, j]
             result = policy.step(traj.latents[:, j], timesteps[j].repeat(n), prev_timesteps[j].repeat(n),
                                  embeds[traj.prompt_index], uncond.expand(n, -1, -1), prev_sample=traj.latents[:, j + 1])
             grad = torch.autograd.grad(-(advantages * result.log_prob).mean(), params)
@@ -86,7 +121,11 @@ def main() -> None:
         print(f"{j:>4} {int(timesteps[j]):>4} {float(stds[j]):>8.3f} {mean_pairwise_cosine(grads[:, j]):>20.4f} "
               f"{float(grads[:, j].norm(dim=1).mean()):>10.2e}")
     keep = stds >= 0.05
-    for name, mask in (("all steps", torch.ones_like(keep)), ("sigma_t >= 0.05", keep), ("sigma_t < 0.05", ~keep)):
+    ranges = [("all steps", torch.ones_like(keep)), ("sigma_t >= 0.05", keep), ("sigma_t < 0.05", ~keep)]
+    for first in (1, 2, 3, 4, 6):  # the early, layout-deciding steps only (train.max_trained_step)
+        early = keep & (torch.arange(args.steps) < first)
+        ranges.append((f"steps 0-{first - 1}", early))
+    for name, mask in ranges:
         if mask.any():
             print(f"{name:>16}: cos between batches of the summed gradient "
                   f"{mean_pairwise_cosine(grads[:, mask].sum(1)):.4f}")

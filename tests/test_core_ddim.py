@@ -3,7 +3,7 @@ import math
 import torch
 from diffusers import DDIMScheduler
 
-from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_log_prob, schedule_noise_stds, trained_steps
+from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_kl, gaussian_log_prob, schedule_noise_stds, trained_steps
 
 
 def make_scheduler():
@@ -56,6 +56,15 @@ def test_gaussian_log_prob_hand_computed():
     per_dim = -1 / 8 - math.log(2) - 0.5 * math.log(2 * math.pi)
     assert math.isclose(gaussian_log_prob(x, mean, std, "mean").item(), per_dim, rel_tol=1e-6)
     assert math.isclose(gaussian_log_prob(x, mean, std, "sum").item(), 3 * per_dim, rel_tol=1e-6)
+
+
+def test_gaussian_kl_hand_computed_and_matches_torch():
+    # means 1 and 0 on one dim, 3 and 3 on the other, sigma 2: per-dim KL 1/8 and 0
+    mean, ref, std = torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 3.0]]), torch.full((1, 1), 2.0)
+    assert math.isclose(gaussian_kl(mean, ref, std, "sum").item(), 1 / 8, rel_tol=1e-6)
+    assert math.isclose(gaussian_kl(mean, ref, std, "mean").item(), 1 / 16, rel_tol=1e-6)
+    p, q = torch.distributions.Normal(mean, 2.0), torch.distributions.Normal(ref, 2.0)
+    torch.testing.assert_close(gaussian_kl(mean, ref, std, "sum"), torch.distributions.kl_divergence(p, q).sum(-1))
 
 
 def test_log_prob_of_mean_is_highest_and_eta_zero_refused():

@@ -6,7 +6,7 @@ import torch
 
 from diffrl.core import advantages as adv
 from diffrl.core.estimators import ESTIMATORS, compute_advantages
-from diffrl.core.losses import clipped_surrogate, policy_gradient
+from diffrl.core.losses import calibrated_clip_range, clipped_surrogate, policy_gradient
 
 
 def test_leave_one_out_hand_computed():
@@ -69,6 +69,16 @@ def test_clipped_surrogate_hand_computed():
     assert math.isclose(terms.ratio_mean.item(), math.e, rel_tol=1e-6)
 
 
+def test_clipped_surrogate_ratio_extremes_hand_computed():
+    # log-ratios 0.5, -0.25, 0: only the first two leave [0.9, 1.1].
+    terms = clipped_surrogate(torch.tensor([0.5, -0.25, 0.0]), torch.zeros(3), torch.ones(3), clip_range=0.1)
+    assert math.isclose(terms.ratio_min.item(), math.exp(-0.25), rel_tol=1e-6)
+    assert math.isclose(terms.ratio_max.item(), math.exp(0.5), rel_tol=1e-6)
+    assert math.isclose(terms.clip_fraction.item(), 2 / 3, rel_tol=1e-6)
+    # loss: max(-rho, -clip(rho)) per pair = -1.1, -exp(-0.25), -1 -> mean
+    assert math.isclose(terms.loss.item(), (-1.1 - math.exp(-0.25) - 1.0) / 3, rel_tol=1e-6)
+
+
 def test_clipped_surrogate_gradient_at_ratio_one_is_policy_gradient():
     logp = torch.tensor([0.3, -0.2], requires_grad=True)
     a = torch.tensor([2.0, -1.0])
@@ -92,3 +102,23 @@ def test_compute_advantages_per_estimator():
     ppo = compute_advantages(ESTIMATORS["ppo"], r, prompts, 3, tracker=tracker)
     np.testing.assert_allclose(ppo, np.clip((r - r.mean()) / (r.std() + 1e-6), -5, 5))
     assert np.abs(compute_advantages(ESTIMATORS["reinforce"], r * 100, prompts, 3, clip=5.0)).max() == 5.0
+
+
+def test_calibrated_clip_range_hand_computed():
+    assert math.isclose(calibrated_clip_range(256, "mean"), 0.015 / 16)
+    assert math.isclose(calibrated_clip_range(256, "sum"), 0.015 * 16)
+    assert math.isclose(calibrated_clip_range(4 * 64 * 64, "mean", kappa=0.0128), 1e-4)  # DDPO's range on SD
+    with pytest.raises(ValueError):
+        calibrated_clip_range(256, "max")
+
+
+def test_calibrated_clip_range_matches_the_log_ratio_of_a_kappa_sized_mean_shift():
+    # Move every dimension's mean by kappa * sigma: the log-ratio's spread over draws is ~ the calibrated range.
+    torch.manual_seed(0)
+    d, kappa, sigma = 1024, 0.015, 0.5
+    eps = torch.randn(4000, d)
+    x = sigma * eps  # drawn around mean 0
+    shifted = kappa * sigma
+    log_ratio = (-(x - shifted) ** 2 + x**2) / (2 * sigma**2)  # per dimension
+    for reduce, reduced in (("mean", log_ratio.mean(1)), ("sum", log_ratio.sum(1))):
+        assert math.isclose(float(reduced.std()), calibrated_clip_range(d, reduce, kappa), rel_tol=0.05)

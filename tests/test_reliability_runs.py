@@ -27,7 +27,8 @@ EPOCHS = 4
 ARGS = ["--reward", "brightness", "--k", "2", "--algo", "loop", "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0",
         "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
         "--set", "run.save_every=1", "--set", "run.keep_checkpoints=2", "--set", "train.learning_rate=1e-2",
-        "--set", "train.clip_range=0.1", "--set", "run.tensorboard=false", "--set", "run.threads=1"]
+        "--set", "train.clip_range=0.1", "--set", "run.tensorboard=false", "--set", "run.threads=1",
+        "--set", "train.inner_epochs=1", "--set", "train.minibatches=2"]  # 2 updates per epoch: the skip counts below
 REPO = Path(__file__).parents[1]
 
 
@@ -205,11 +206,11 @@ def poison_loss(monkeypatch, from_epoch: int, kind: str = "loss") -> None:
         return real_epoch(epoch, *args, **kwargs)
 
     def pair_loss(*args, **kwargs):
-        terms = real_loss(*args, **kwargs)
+        terms, kl = real_loss(*args, **kwargs)
         if current["epoch"] < from_epoch:
-            return terms
+            return terms, kl
         bad = float("nan") if kind == "loss" else NanGradient.apply(terms.loss)
-        return terms._replace(loss=terms.loss + bad)
+        return terms._replace(loss=terms.loss + bad), kl
 
     monkeypatch.setattr(trainer, "run_epoch", run_epoch)
     monkeypatch.setattr(trainer, "pair_loss", pair_loss)
@@ -282,3 +283,62 @@ def test_early_stop_on_held_out_reward_collapse(tiny_pipeline_dir, prompt_file, 
     assert "early stop after epoch 2: held-out" in capsys.readouterr().out
     assert [r["epoch"] for r in metrics(out)] == [0, 1, 2]
     assert ckpt.list_checkpoints(out)[-1].name == "epoch_00002"
+
+
+def serve_brightness(port: int = 0):
+    """The brightness reward behind a real HTTP server on 127.0.0.1 (diffrl serve-reward's server)."""
+    import threading
+
+    from diffrl.rewards import get_reward
+    from diffrl.rewards.remote import make_server
+
+    server = make_server(get_reward("brightness"), port=port, name="brightness")
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def stop(server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def test_reward_server_down_mid_run_halts_with_a_checkpoint_and_resumes(tiny_pipeline_dir, prompt_file, tmp_path,
+                                                                       monkeypatch, capsys, reference):
+    """The server stops after epoch 1; epoch 2's reward fails after the client's retries: exit 3, a checkpoint of
+    the state before epoch 2 (run.save_every=3 had not saved one), the resume command. Served again on the same
+    port, the resumed run ends bit-identical to the reference (local brightness: the same floats)."""
+    server = serve_brightness()
+    url, port = server.url, server.server_address[1]
+    real_epoch = trainer.run_epoch
+
+    def run_epoch(epoch, *args, **kwargs):
+        if epoch == 1:
+            stop(server)  # after the first epoch
+        return real_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "run_epoch", run_epoch)
+    out = tmp_path / "run"
+    try:
+        code = main(train_args(tiny_pipeline_dir, prompt_file, out, "--reward", f"remote:{url}/",
+                               "--set", "run.save_every=3"))
+    finally:
+        stop(server)
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"the reward failed in epoch 2: reward server {url} unreachable after 4 attempts" in err
+    assert f"checkpoint {ckpt.checkpoint_path(out, 1)} written" in err and f"diffrl train --resume {out}" in err
+    assert [p.name for p in ckpt.list_checkpoints(out)] == ["epoch_00001"]
+    assert metrics(out)[-1]["epoch"] == 1  # nothing of epoch 2 was logged
+
+    monkeypatch.undo()
+    server = serve_brightness(port)  # back, at the same address (the reward spec is part of the run)
+    try:
+        assert_resumes_to_reference(out, reference)
+    finally:
+        stop(server)
+
+
+def test_bad_remote_reward_spec_is_still_bad_input(tiny_pipeline_dir, prompt_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, out, "--reward", "remote:localhost:8000")) == 2
+    assert "must start with http://" in capsys.readouterr().err and not out.exists()

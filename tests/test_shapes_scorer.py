@@ -219,3 +219,41 @@ def test_reward_without_metadata_is_a_clear_error():
     images, specs = clean_set()
     with pytest.raises(DiffrlError, match="needs ShapesWorld prompt metadata"):
         get_reward("shapes")(images[:2], [specs[0].text, "a cat"], [specs[0].to_metadata(), {}])
+
+
+# ----------------------------------------------------------------------------- graded relation (shapes_graded)
+
+def _box(top, bottom, left, right):
+    return scorer.Component("red", "circle", 50, (top + bottom) / 2, (left + right) / 2, top, bottom, left, right)
+
+
+def test_relation_margin_hand_computed():
+    upper, lower = _box(2, 11, 5, 14), _box(15, 24, 8, 17)
+    # above: other.top + tol - subject.bottom = 15 + 1 - 11
+    assert scorer.relation_margin(upper, lower, "above") == 5.0
+    assert scorer.relation_margin(lower, upper, "below") == 5.0  # 15 + 1 - 11
+    assert scorer.relation_margin(lower, upper, "above") == -21.0  # 2 + 1 - 24
+    assert scorer.relation_margin(upper, lower, "left of") == 8 + 1 - 14
+    assert scorer.relation_holds(upper, lower, "above") and not scorer.relation_holds(upper, lower, "left of")
+
+
+def test_graded_relation_is_a_sigmoid_of_the_margin():
+    spec = PromptSpec("a red circle above a blue square", "spatial",
+                      (ShapeObject("red", "circle"), ShapeObject("blue", "square")), relation="above")
+    subject = dataclasses.replace(_box(2, 11, 5, 14), color="red", shape="circle")
+    other = dataclasses.replace(_box(12, 21, 8, 17), color="blue", shape="square")  # margin 12 + 1 - 11 = 2
+    graded = scorer.constraints([subject, other], spec, relation_softness=2.0)
+    exact = scorer.constraints([subject, other], spec)
+    assert graded[:4] == exact[:4] and graded[5] == exact[5] == 1  # the other constraints are unchanged
+    assert exact[4] == 1 and graded[4] == pytest.approx(1 / (1 + np.exp(-1.0)))
+
+
+def test_shapes_graded_reward_orders_spatial_samples_by_margin_and_equals_dense_elsewhere():
+    images, specs = clean_set()
+    graded = get_reward("shapes_graded")(images, [s.text for s in specs], [s.to_metadata() for s in specs])
+    dense, _ = scorer.score_batch(images, specs)
+    spatial = np.array([s.category == "spatial" for s in specs])
+    np.testing.assert_allclose(graded[~spatial], dense[~spatial])
+    # clean spatial renders satisfy the relation by >= 3 px: graded within a sixth of (1 - sigmoid(2)) of 1
+    assert (graded[spatial] > 1 - (1 - 1 / (1 + np.exp(-2.0))) / 6 - 1e-9).all()
+    assert (graded[spatial] < dense[spatial]).all()

@@ -27,6 +27,7 @@ from pathlib import Path
 from diffrl.config import images_per_epoch
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError, RunInterrupted
+from diffrl.prompts import split_prompts
 from diffrl.report import CONFIG_FILE, jsonable, last_epoch, load_run, write_report
 
 SCHEMA = "diffrl.compare/1"
@@ -214,8 +215,10 @@ def compare(methods: list[Method], seeds: list[int] | dict[str, list[int]], budg
             for m in methods for s in seeds[m.label]]
     sweeps = [(m, lr, plan_run(m, order[m.label][0], budget, out / "sweep" / m.dirname / f"lr{lr!r}", config_file,
                                base, lr)) for m in methods for lr in (sweep or {}).get("values") or []]
-    if sweeps and not sweep["metric"] and any(c.run.eval_prompts is None for _, _, c in sweeps):
-        raise DiffrlError("--lr-sweep picks by a held-out metric: set run.eval_prompts or give --target METRIC=VALUE")
+    if sweeps and not sweep["metric"] and any(split_prompts(c.run.prompts, c.run.eval_prompts).held_out is None
+                                              for _, _, c in sweeps):
+        raise DiffrlError("--lr-sweep picks by a held-out metric, and these runs have no held-out prompts: set "
+                          "run.eval_prompts or give --target METRIC=VALUE")
     if any(c.run.early_stop_drop is not None for _, _, c in runs):
         raise DiffrlError("compare gives every run the whole --budget; drop run.early_stop_drop")
     sweep_states = [run_state(Path(c.run.out), c) for _, _, c in sweeps]

@@ -16,6 +16,7 @@ from typing import Any
 
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError
+from diffrl.prompts import AUTO, holds_out_training_prompts
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -52,18 +53,20 @@ class SampleConfig:
 @dataclass
 class TrainConfig:
     algo: str = opt("loop", "Estimator: " + ", ".join(ESTIMATORS) + ".")
-    learning_rate: float = opt(5e-4, "AdamW learning rate (DDPO on SD: 3e-4; ShapesWorld demo: 5e-4, 2e-3 degrades held-out success).")
+    learning_rate: float = opt(1e-3, "AdamW learning rate (DDPO on SD: 3e-4). ShapesWorld, LoRA rank 4 with 4 x 4 updates per batch: 1e-3; 3e-3 and 1e-2 drift and lose held-out success even inside the trust region (docs/tuning.md).")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
-    inner_epochs: int = opt(1, "Passes over each sampled batch (on-policy estimators need 1).")
-    minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce*, 2 for clipped estimators.")
+    inner_epochs: int | None = opt(None, "Passes over each sampled batch; default 1 for reinforce* (on-policy, must be 1), 4 for the clipped estimators (ppo, loop, grpo), whose trust region makes sample reuse safe (docs/tuning.md).")
+    minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce*, 4 for the clipped estimators.")
     chunk_size: int = opt(32, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks.")
-    clip_range: float = opt(0.2, "PPO clip range epsilon (DDPO: 1e-4, B2-DiffuRL: 0.1, demo: 0.2).")
+    clip_range: float | None = opt(None, "PPO clip range epsilon. None: calibrated to the log-prob reduction and the latent size D, 0.015/sqrt(D) for 'mean' and 0.015*sqrt(D) for 'sum' (1e-3 on ShapesWorld's D = 256; DDPO's 1e-4 on SD's D = 16,384 is the same trust region; docs/tuning.md). A fixed value that is wrong for the reduction never clips (warned once per run).")
+    kl_coef: float = opt(0.0, "Weight beta of a KL penalty toward the base model, beta * KL(pi_theta || pi_base) per trained step (LoRA only: the reference is the UNet with its adapters disabled; costs one more UNet forward per trained pair). 0: off.")
     adv_clip_max: float = opt(5.0, "Advantages are clamped to [-adv_clip_max, adv_clip_max].")
     loo_std: str = opt("none", "Divide leave-one-out advantages by a std: 'none', 'group' or 'batch'.")
     min_noise_std: float = opt(0.05, "Train only denoising steps whose DDIM noise std sigma_t is at least this. With SD's schedule the last two steps have sigma_t 0.04 and 0.02 at any step count (0.26-0.78 before them at 10 steps); their log-prob gradients scale as 1/sigma_t and drown the reward signal of the other steps (docs/shapesworld.md). 0: every step, as DDPO.")
+    first_steps: int | None = opt(None, "Train only the first N denoising steps (the high-noise ones, which decide the layout: on ShapesWorld spatial prompts the first 3 of 10 steps fix 79% of the success variance; docs/tuning.md). None: every step (within min_noise_std and B2's interval).")
     timestep_fraction: float = opt(1.0, "Fraction of the trainable denoising steps trained per sample (random subset).")
     max_grad_norm: float = opt(1.0, "Gradient-norm clip.")
     mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
@@ -88,10 +91,10 @@ class B2Config:
 class RunConfig:
     out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
-    epochs: int = opt(60, "Training epochs (one epoch = sample, reward, update). Demo: 60 x 64 images, about 6 min on 2 CPU cores.")
+    epochs: int = opt(40, "Training epochs (one epoch = sample, reward, update). Demo: 40 x 64 images with 4 x 4 updates each, about 8 min on 2 CPU cores.")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
     prompts: str = opt("shapes:color_binding_unseen-train", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts with color-shape combos the base model was not pretrained on.")
-    eval_prompts: str | None = opt("shapes:color_binding_unseen-val", "Held-out prompts evaluated before training and every eval_every epochs (None: off). Demo: the other half of the unseen color-binding pairs.")
+    eval_prompts: str | None = opt(AUTO, "Held-out prompts, evaluated before training, every eval_every epochs and at the end. 'auto' follows run.prompts: with ShapesWorld prompts (shapes:...) shapes:color_binding_unseen-val (the demo: the other half of the unseen color-binding pairs); with any other fixed set of at least 5 distinct prompts, a fixed-seed 20% of them (at least 1), which training then never samples; with fewer, or a prompt generator, none (said once at start). A prompt spec as for run.prompts: those prompts. None: off.")
     eval_every: int = opt(10, "Held-out evaluation period in epochs (0: only before and after).")
     eval_images_per_prompt: int = opt(8, "Images per held-out prompt (fixed seeds shared by every method).")
     image_every: int = opt(10, "Save an image grid every N epochs.")
@@ -249,12 +252,16 @@ def validate(config: Config) -> Config:
         (not estimator.needs_group or s.k >= 2 or config.b2.enabled,  # B2: the siblings are the group
          f"--algo {t.algo} needs K >= 2 images per prompt for its baseline (got sample.k={s.k})"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
-        (t.inner_epochs >= 1, "train.inner_epochs must be >= 1"),
+        (t.inner_epochs is None or t.inner_epochs >= 1, "train.inner_epochs must be >= 1"),
         (t.minibatches is None or t.minibatches >= 1, "train.minibatches must be >= 1"),
         (t.chunk_size >= 1, "train.chunk_size must be >= 1"),
-        (t.clip_range > 0, "train.clip_range must be > 0"),
+        (t.clip_range is None or t.clip_range > 0, "train.clip_range must be > 0 (or none: calibrated)"),
+        (t.kl_coef >= 0, "train.kl_coef must be >= 0"),
+        (t.kl_coef == 0 or config.model.lora, "train.kl_coef > 0 needs model.lora = true (the base model is the UNet "
+                                              "with its adapters disabled; full fine-tuning keeps no reference copy)"),
         (t.adv_clip_max > 0, "train.adv_clip_max must be > 0"),
         (t.loo_std in ("none", "group", "batch"), "train.loo_std must be none, group or batch"),
+        (t.first_steps is None or t.first_steps >= 1, "train.first_steps must be >= 1 (or none: every step)"),
         (0 < t.timestep_fraction <= 1, "train.timestep_fraction must be in (0, 1]"),
         (t.min_noise_std >= 0, "train.min_noise_std must be >= 0"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
@@ -275,7 +282,7 @@ def validate(config: Config) -> Config:
     for ok, message in checks:
         if not ok:
             raise DiffrlError(message)
-    if not estimator.clipped and (t.inner_epochs != 1 or (t.minibatches or 1) != 1):
+    if not estimator.clipped and ((t.inner_epochs or 1) != 1 or (t.minibatches or 1) != 1):
         raise DiffrlError(f"--algo {t.algo} is on-policy (no importance ratio): train.inner_epochs and "
                           "train.minibatches must be 1; use ppo or loop for several updates per batch")
     samples = images_per_epoch(config)
@@ -313,8 +320,14 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
         return {f"{section}.{key}": value for section, fields in config.to_dict().items() for key, value in fields.items()}
 
     old, now = flat(saved), flat(new)
-    return [f"{key} ({old[key]!r} -> {now[key]!r})" for key in now
-            if key not in RESUMABLE_KEYS and old.get(key) != now[key] and not _both_nan(old.get(key), now[key])]
+    conflicts = [f"{key} ({old[key]!r} -> {now[key]!r})" for key in now
+                 if key not in RESUMABLE_KEYS and old.get(key) != now[key] and not _both_nan(old.get(key), now[key])]
+    # run.eval_prompts may change, unless the change adds or removes the prompts 'auto' holds out of training.
+    held_out = [holds_out_training_prompts(c.run.prompts, c.run.eval_prompts) for c in (saved, new)]
+    if held_out[0] != held_out[1] and not any(c.startswith("run.prompts ") for c in conflicts):
+        conflicts.append(f"run.eval_prompts ({saved.run.eval_prompts!r} -> {new.run.eval_prompts!r}: 'auto' holds "
+                         "part of run.prompts out of training, so this changes the training prompts)")
+    return conflicts
 
 
 def _both_nan(a: Any, b: Any) -> bool:
@@ -332,11 +345,23 @@ def images_per_epoch(config: Config) -> int:
     return s.k * s.prompts_per_batch * s.batches_per_epoch * branches(config)
 
 
+# Sample reuse of the clipped estimators when train.inner_epochs / train.minibatches are unset: 4 passes x 4
+# updates per batch reached the old demo's held-out gain in half the images (docs/tuning.md).
+CLIPPED_INNER_EPOCHS = CLIPPED_MINIBATCHES = 4
+
+
 def minibatches(config: Config) -> int:
     """Optimizer updates per inner epoch (the estimator's default when unset)."""
     if config.train.minibatches is not None:
         return config.train.minibatches
-    return 2 if ESTIMATORS[config.train.algo].clipped else 1
+    return CLIPPED_MINIBATCHES if ESTIMATORS[config.train.algo].clipped else 1
+
+
+def inner_epochs(config: Config) -> int:
+    """Passes over each sampled batch (the estimator's default when unset)."""
+    if config.train.inner_epochs is not None:
+        return config.train.inner_epochs
+    return CLIPPED_INNER_EPOCHS if ESTIMATORS[config.train.algo].clipped else 1
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from diffrl.prompts import Prompt
-from diffrl.rewards.base import Reward, check_rewards
+from diffrl.rewards.base import Reward, check_rewards, split_reward_spec
 from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
 
 
@@ -60,3 +60,12 @@ def generate_fixed_seed(pipe, policy: Policy, prompts: list[Prompt], images_per_
 
 def score_images(images: np.ndarray, texts: list[str], metas: list[dict], rewards: dict[str, Reward]) -> dict[str, np.ndarray]:
     return {name: check_rewards(fn(images, texts, metas), len(images), name) for name, fn in rewards.items()}
+
+
+def eval_reward_names(config, eval_prompts) -> list[str]:
+    """Held-out metrics: the training reward's parts (`config.run.reward`), plus the success flag on ShapesWorld
+    prompts only (those whose metadata carry a category and objects)."""
+    names = [name for name, _ in split_reward_spec(config.run.reward)]
+    if eval_prompts and all("category" in meta and "objects" in meta for _, meta in eval_prompts):  # ShapesWorld
+        names.append("shapes_success")
+    return list(dict.fromkeys(names))

@@ -8,11 +8,15 @@ Spec forms:
   builtin:animals                 DDPO's simple animal list
   module:function                 returns a list of prompts / (prompt, metadata) pairs, or one
                                   (prompt, metadata) pair per call (DDPO's prompt_fn)
+
+Held-out prompts (`run.eval_prompts`) are resolved in one place, `split_prompts`: a spec, none, or
+"auto" (the default), which follows the training prompts (see `split_prompts`).
 """
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +109,58 @@ def load_prompts(spec: str) -> PromptSource:
         return PromptSource([_check_pair(p, spec) for p in first], name=spec)
     _check_pair(first, spec)
     return PromptSource(generate=fn, name=spec)
+
+
+# ---------------------------------------------------------------------------- held-out prompts
+
+AUTO = "auto"  # run.eval_prompts' default: held-out prompts that follow run.prompts
+SHAPES_HELD_OUT = "shapes:color_binding_unseen-val"  # ShapesWorld's: the other half of the unseen color-binding pairs
+HOLD_OUT_FRACTION = 0.2
+HOLD_OUT_MIN_PROMPTS = 5  # distinct prompts a set needs before "auto" takes some of them from training
+HOLD_OUT_SEED = 0  # fixed: every run (method, seed) on the same prompt set holds out the same prompts
+
+
+@dataclass
+class PromptSplit:
+    train: PromptSource  # what training samples from
+    held_out: list[Prompt] | None  # evaluated before, during and after training; None: no held-out evaluation
+    note: str | None = None  # why "auto" chose what it chose, to print once (None: nothing worth saying)
+
+
+def holds_out_training_prompts(prompts: str, eval_prompts: str | None) -> bool:
+    """Whether `eval_prompts` may take prompts away from training (then it changes the math of a run)."""
+    return eval_prompts == AUTO and not prompts.startswith("shapes:")
+
+
+def split_prompts(prompts: str, eval_prompts: str | None) -> PromptSplit:
+    """Training prompts and held-out prompts from `run.prompts` and `run.eval_prompts`.
+
+    eval_prompts None: no held-out evaluation. A prompt spec: those prompts. "auto": with ShapesWorld
+    training prompts (shapes:...), SHAPES_HELD_OUT; with any other fixed set of at least
+    HOLD_OUT_MIN_PROMPTS distinct prompts, a fixed-seed 20% of them (at least 1), removed from training (every
+    copy of a held-out text); with fewer, or a prompt generator, no held-out evaluation (see `note`).
+    """
+    source = load_prompts(prompts)
+    if eval_prompts is None:
+        return PromptSplit(source, None)
+    if eval_prompts != AUTO:
+        return PromptSplit(source, load_prompts(eval_prompts).all())
+    if prompts.startswith("shapes:"):
+        return PromptSplit(source, load_prompts(SHAPES_HELD_OUT).all())
+    if source.prompts is None:
+        return PromptSplit(source, None, f"no held-out evaluation: run.prompts={prompts} is a prompt generator; "
+                                         "set run.eval_prompts to a fixed prompt set to evaluate one")
+    texts = list(dict.fromkeys(p for p, _ in source.prompts))
+    if len(texts) < HOLD_OUT_MIN_PROMPTS:
+        return PromptSplit(source, None, f"no held-out evaluation: run.prompts={prompts} has {len(texts)} distinct "
+                                         f"prompt(s), run.eval_prompts=auto holds some out from {HOLD_OUT_MIN_PROMPTS} "
+                                         "on; set run.eval_prompts to a prompt set to evaluate one")
+    count = max(1, round(HOLD_OUT_FRACTION * len(texts)))
+    chosen = {texts[i] for i in np.random.default_rng(HOLD_OUT_SEED).permutation(len(texts))[:count]}
+    first = {}
+    for text, meta in source.prompts:
+        first.setdefault(text, (text, meta))
+    held_out = [first[t] for t in texts if t in chosen]  # in file order
+    train = PromptSource([p for p in source.prompts if p[0] not in chosen], name=source.name)
+    return PromptSplit(train, held_out, f"held-out prompts: {count} of the {len(texts)} in {prompts} "
+                                        "(run.eval_prompts=auto; never trained on)")

@@ -158,3 +158,20 @@ def plot_curves(records: list[dict], keys: list[str], path: Path, title: str = "
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def finish_report(out: Path) -> None:
+    """Reward curves (training and held-out) as PNG, and a before/after grid of the held-out images."""
+    records = read_metrics(out)
+    keys = ["reward_mean"] + sorted({k for rec in records for k in rec if k.startswith("eval/")})
+    plot_curves(records, keys, out / "reward_curve.png", title=out.name)
+    before, after = out / "images" / "eval_before.png", out / "images" / "eval_after.png"
+    if before.exists() and after.exists():
+        a, c = Image.open(before), Image.open(after)
+        both = Image.new("RGB", (max(a.width, c.width), a.height + c.height + 28), "white")
+        draw = ImageDraw.Draw(both)
+        draw.text((2, 2), "before (base model)", fill="black")
+        both.paste(a, (0, 14))
+        draw.text((2, a.height + 16), "after fine-tuning", fill="black")
+        both.paste(c, (0, a.height + 28))
+        both.save(out / "before_after.png")

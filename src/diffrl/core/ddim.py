@@ -50,6 +50,17 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduce = "me
     return log_density.mean(dim=dims) if reduce == "mean" else log_density.sum(dim=dims)
 
 
+def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, reduce: Reduce = "mean") -> Tensor:
+    """KL(N(mean, std^2 I) || N(ref_mean, std^2 I)) = |mean - ref_mean|^2 / (2 std^2), reduced like the log-density.
+
+    Both policies share sigma_t (it depends on the schedule only), so the KL of one step is a scaled squared
+    distance of the means; (B,) per sample.
+    """
+    kl = (mean - ref_mean) ** 2 / (2 * std**2)
+    dims = tuple(range(1, mean.ndim))
+    return kl.mean(dim=dims) if reduce == "mean" else kl.sum(dim=dims)
+
+
 def noise_std(abar_t: Tensor, abar_prev: Tensor, eta: float) -> Tensor:
     """sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))."""
     return eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).clamp(min=0).sqrt()

@@ -11,8 +11,10 @@ Responses are JSON: 200 {"rewards": [N floats]} (NaN allowed, as Python's json w
 {"error": "..."} with 400 (malformed), 404, 411 (no Content-Length), 413 (body over the server's
 limit), 422 (the reward raised DiffrlError: a user-fixable problem), 500 (the reward crashed).
 GET /health -> 200 {"status": "ok", "reward": NAME, "max_body_bytes": LIMIT}.
-The client retries connection failures, timeouts and 502/503/504 with exponential backoff; any
-other error is raised at once as a one-line DiffrlError.
+The client retries connection failures, timeouts and 502/503/504 with exponential backoff. A server
+that stays unreachable, answers 500 (the reward crashed) or sends a reply that is not JSON raises
+RewardUnavailable (the trainer halts with a checkpoint, exit 3); any other HTTP error (400, 404, 411,
+413, 422: the request or its content is at fault) raises a plain one-line DiffrlError at once.
 """
 from __future__ import annotations
 
@@ -28,8 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from diffrl.errors import DiffrlError
-from diffrl.rewards.base import Reward, check_rewards, parse_reward_spec, register_reward_scheme
+from diffrl.errors import DiffrlError, RewardUnavailable
+from diffrl.rewards.base import Reward, check_rewards, register_reward_scheme
 
 HEADER_PREFIX = struct.Struct(">I")
 DEFAULT_MAX_BODY_BYTES = 256 * 2**20
@@ -241,7 +243,8 @@ class RemoteReward:
             except urllib.error.HTTPError as err:
                 message = _error_message(err)
                 if err.code not in _RETRYABLE_STATUS:
-                    raise DiffrlError(f"reward server {self.url} answered {err.code}: {message}") from None
+                    error = RewardUnavailable if err.code >= 500 else DiffrlError  # 5xx: the server failed
+                    raise error(f"reward server {self.url} answered {err.code}: {message}") from None
                 last = f"HTTP {err.code}: {message}"
             except urllib.error.URLError as err:
                 last = str(err.reason)
@@ -250,9 +253,9 @@ class RemoteReward:
             except (ConnectionError, http.client.HTTPException) as err:
                 last = f"{type(err).__name__}: {err}"
             except json.JSONDecodeError:
-                raise DiffrlError(f"reward server {self.url} sent a reply that is not JSON") from None
-        raise DiffrlError(f"reward server {self.url} unreachable after {self.retries + 1} attempts ({last}); "
-                          "is `diffrl serve-reward` running there?")
+                raise RewardUnavailable(f"reward server {self.url} sent a reply that is not JSON") from None
+        raise RewardUnavailable(f"reward server {self.url} unreachable after {self.retries + 1} attempts ({last}); "
+                                "is `diffrl serve-reward` running there?")
 
 
 @register_reward_scheme("remote")
@@ -269,19 +272,7 @@ def _error_message(err: urllib.error.HTTPError) -> str:
 
 
 def register(subparsers) -> None:
-    """Add `serve-reward` to the main CLI's subcommands."""
-    parser = subparsers.add_parser("serve-reward", help="serve a reward over HTTP for remote:URL rewards",
-                                   description="Serve a reward over HTTP: POST /score, GET /health.")
-    parser.add_argument("--reward", required=True,
-                        help="reward name, module:function, or a weighted spec 'name:w,name:w'")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0 picks a free one)")
-    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20,
-                        help="largest request accepted, in MiB (larger ones get 413)")
-    parser.set_defaults(func=_serve_command)
+    """Add `serve-reward` to an argparse CLI's subcommands (the parser lives in `diffrl.cli.serve_reward`)."""
+    from diffrl.cli import serve_reward
 
-
-def _serve_command(args) -> int:
-    reward = parse_reward_spec(args.reward)
-    serve(reward, args.host, args.port, int(args.max_body_mb * 2**20), name=args.reward)
-    return 0
+    serve_reward.add_parser(subparsers)

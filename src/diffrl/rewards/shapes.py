@@ -2,6 +2,9 @@
 
 - ``shapes``: dense score in [0, 1], the fraction of the prompt's constraints met (any category).
 - ``shapes_success``: 1.0 when every constraint is met, else 0.0.
+- ``shapes_graded``: the dense score with the spatial relation graded by its pixel margin,
+  sigmoid(margin / 2 px), so a spatial sample that nearly satisfies the relation scores more than one
+  that is far off (the same as ``shapes`` on the other categories).
 - ``shapes_<category>`` (single, color_binding, counting, spatial): the dense score on that
   category's samples and NaN on the others. NaN rather than an error, so that one name works
   on mixed prompt sets: evaluation averages with nanmean (``shapes_spatial`` over
@@ -19,7 +22,7 @@ import numpy as np
 
 from diffrl.errors import DiffrlError
 from diffrl.rewards.base import Reward, register_reward
-from diffrl.shapes.scorer import score_batch
+from diffrl.shapes.scorer import graded_batch, score_batch
 from diffrl.shapes.world import CATEGORIES, PromptSpec
 
 
@@ -44,6 +47,11 @@ def shapes_success(images: np.ndarray, prompts: list[str], metadata: list[dict])
     return score_batch(np.asarray(images), _specs(prompts, metadata))[1].astype(np.float64)
 
 
+def shapes_graded(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) dense score with the spatial relation graded by its margin, in [0, 1]."""
+    return graded_batch(np.asarray(images), _specs(prompts, metadata))
+
+
 def category_reward(category: str) -> Reward:
     """The dense score on `category`'s samples, NaN on the others (see the module docstring)."""
 
@@ -62,5 +70,6 @@ def _factory(reward: Reward) -> Callable[[], Reward]:
 
 register_reward("shapes")(_factory(shapes_dense))
 register_reward("shapes_success")(_factory(shapes_success))
+register_reward("shapes_graded")(_factory(shapes_graded))
 for _category in CATEGORIES:
     register_reward(f"shapes_{_category}")(_factory(category_reward(_category)))

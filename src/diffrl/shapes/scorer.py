@@ -52,6 +52,7 @@ _DIRS = np.asarray([COLORS[c] for c in COLOR_NAMES], dtype=np.float64) - _BG  # 
 MIN_AREA = 10  # px at 32x32, scaled with the image area; an 8 px triangle, the smallest object, covers ~30
 MAX_LINE_DIST = 90.0  # RGB units off every blend line: not a palette color, treated as background
 RELATION_TOLERANCE = 1  # px of overlap allowed between the two extents (blur, apex pixels)
+RELATION_SOFTNESS = 2.0  # px: the graded relation (shapes_graded) goes from 0.27 to 0.73 over +-2 px of margin
 # Shape thresholds on the features of `shape_features`, measured on 900 single-object renders
 # (clean | blur sigma 0.8 + color noise std 15): triangle vertical skewness <= -0.52 | -0.33,
 # circle and square |skew| <= 0.04 | 0.08; circle corner moment <= 0.68 | 0.81, square >= 1.0
@@ -201,23 +202,35 @@ def _pick(found: list[Component], color: str, shape: str) -> Component | None:
     return next((c for c in of_color if c.shape == shape), of_color[0] if of_color else None)
 
 
-def relation_holds(subject: Component, other: Component, relation: str) -> bool:
-    """Subject's pixel extent on the `relation` side of the other's (y grows down)."""
+def relation_margin(subject: Component, other: Component, relation: str) -> float:
+    """Pixels by which the subject's extent clears the other's on the `relation` side (y grows down).
+
+    The relation holds when the margin is > 0: "above" is subject.bottom < other.top + RELATION_TOLERANCE.
+    """
     tol = RELATION_TOLERANCE
     if relation == "above":
-        return subject.bottom < other.top + tol
+        return float(other.top + tol - subject.bottom)
     if relation == "below":
-        return other.bottom < subject.top + tol
+        return float(subject.top + tol - other.bottom)
     if relation == "left of":
-        return subject.right < other.left + tol
+        return float(other.left + tol - subject.right)
     if relation == "right of":
-        return other.right < subject.left + tol
+        return float(subject.left + tol - other.right)
     raise ValueError(f"unknown relation {relation!r}")
 
 
-def constraints(found: list[Component], spec: PromptSpec) -> list[bool]:
-    """The prompt's constraints on the detected objects, in the order the module docstring lists."""
-    checks: list[bool] = []
+def relation_holds(subject: Component, other: Component, relation: str) -> bool:
+    """Subject's pixel extent on the `relation` side of the other's (y grows down)."""
+    return relation_margin(subject, other, relation) > 0
+
+
+def constraints(found: list[Component], spec: PromptSpec, relation_softness: float | None = None) -> list[float]:
+    """The prompt's constraints on the detected objects, in the order the module docstring lists.
+
+    Each is 0 or 1; with `relation_softness` (px) the spatial relation is graded instead,
+    sigmoid(margin / softness): 0.5 on the boundary, rising smoothly as the objects move apart the right way.
+    """
+    checks: list[float] = []
     for obj in spec.objects:
         checks.append(any(c.color == obj.color for c in found))
         checks.append(any(c.color == obj.color and c.shape == obj.shape for c in found))
@@ -227,8 +240,12 @@ def constraints(found: list[Component], spec: PromptSpec) -> list[bool]:
         checks.append(sum(c.color == obj.color and c.shape == obj.shape for c in found) == expected)
     elif spec.category == "spatial":
         subject, other = (_pick(found, o.color, o.shape) for o in spec.objects)
-        checks.append(subject is not None and other is not None and subject is not other
-                      and relation_holds(subject, other, spec.relation))
+        if subject is None or other is None or subject is other:
+            checks.append(False)
+        elif relation_softness is None:
+            checks.append(relation_holds(subject, other, spec.relation))
+        else:
+            checks.append(1 / (1 + np.exp(-relation_margin(subject, other, spec.relation) / relation_softness)))
     checks.append(len(found) == expected)
     return checks
 
@@ -244,6 +261,19 @@ def score_batch(images: np.ndarray, specs: list[PromptSpec]) -> tuple[np.ndarray
     checks = [constraints(found, spec) for found, spec in zip(find_objects(images), specs)]
     dense = np.asarray([np.mean(c) for c in checks], dtype=np.float64)
     return dense, np.asarray([all(c) for c in checks], dtype=bool)
+
+
+def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness: float = RELATION_SOFTNESS) -> np.ndarray:
+    """Dense score with the spatial relation graded by its pixel margin (`constraints`): (N,) in [0, 1].
+
+    Where the binary relation only says "held or not", the margin says by how much, so nearly every spatial
+    sample carries reward signal about layout; equal to the dense score on the other categories.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
+        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    return np.asarray([np.mean(constraints(found, spec, relation_softness))
+                       for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
 
 def score(image: np.ndarray, spec: PromptSpec) -> tuple[float, bool]:

@@ -1,12 +1,9 @@
-"""`diffrl evaluate | compare | report`: fixed-seed evaluation, method comparisons, reports from run dirs.
+"""`diffrl evaluate`: score a model (optionally + LoRA / a run) on fixed seeds; per-category means with 95% CIs.
 
-The main CLI calls `register(subparsers)`. Statistics and figures live in `diffrl.report`, the
-comparison driver in `diffrl.compare`; this file holds the argument parsing and `evaluate`.
-Formulas, JSON schemas and the LOOP-figure recipes: docs/evaluation.md.
+Formulas and the JSON schema of results.json: docs/evaluation.md. Image generation and scoring: diffrl.evaluation.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -17,139 +14,32 @@ import numpy as np
 from diffrl.errors import DiffrlError
 
 
-def register(subparsers) -> None:
-    e = subparsers.add_parser(
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
         "evaluate", help="score a model (optionally + LoRA / a run) on fixed seeds; per-category means with 95%% CIs",
         description="Generate images_per_prompt images per prompt with noise seeded by (seed, prompt, image) only, "
                     "so every method sees the same noise (T2I-CompBench's protocol); score them; print per-category "
                     "and overall means with 95% t confidence intervals over prompts.")
-    e.add_argument("--model", help="pipeline (default: the run's model when --lora is a run, else builtin:shapes)")
-    e.add_argument("--lora", metavar="RUN_OR_DIR", help="a run directory (its lora/ or unet/), a LoRA directory, "
+    p.add_argument("--model", help="pipeline (default: the run's model when --lora is a run, else builtin:shapes)")
+    p.add_argument("--lora", metavar="RUN_OR_DIR", help="a run directory (its lora/ or unet/), a LoRA directory, "
                                                         "or a UNet directory")
-    e.add_argument("--prompts", help="prompt set (default: the run's run.eval_prompts, else shapes:color_binding_val)")
-    e.add_argument("--reward", help="reward name(s), comma separated (default: the run's reward, else shapes); "
+    p.add_argument("--prompts", help="prompt set (default: the run's held-out prompts, run.eval_prompts; without "
+                                     "--lora RUN: shapes:color_binding_unseen-val)")
+    p.add_argument("--reward", help="reward name(s), comma separated (default: the run's reward, else shapes); "
                                     "shapes_success is added on ShapesWorld prompts")
-    e.add_argument("--images-per-prompt", type=int, default=None, help="images per prompt (default: the run's "
+    p.add_argument("--images-per-prompt", type=int, default=None, help="images per prompt (default: the run's "
                                                                        "run.eval_images_per_prompt, else 4)")
-    e.add_argument("--seed", type=int, default=0, help="noise seed shared by every method (default 0)")
-    e.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.num_steps, else the config default)")
-    e.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's, else the config's)")
-    e.add_argument("--eta", type=float, help="DDIM eta (default: the run's, else the config's)")
-    e.add_argument("--out", type=Path, help="output dir for results.json + grid.png (default: RUN/evaluate "
+    p.add_argument("--seed", type=int, default=0, help="noise seed shared by every method (default 0)")
+    p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.num_steps, else the config default)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's, else the config's)")
+    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, else the config's)")
+    p.add_argument("--out", type=Path, help="output dir for results.json + grid.png (default: RUN/evaluate "
                                             "or runs/evaluate)")
-    e.add_argument("--threads", type=int, help="torch CPU threads")
-    e.add_argument("--baseline", type=Path, metavar="RESULTS_JSON",
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--baseline", type=Path, metavar="RESULTS_JSON",
                    help="results.json of an earlier evaluate on the same prompts, seed and sampling (e.g. the base "
                         "model): also print the paired per-prompt change with its 95%% CI")
-    e.set_defaults(func=cmd_evaluate)
-
-    c = subparsers.add_parser(
-        "compare", help="train several methods x seeds on one image budget; curves with 80%% prediction intervals",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Runs every method x seed with the same budget of sampled images (epochs = ceil(budget / "
-                    "images per epoch)), then writes compare.json, reward_vs_images.png, reward_vs_wallclock.png "
-                    "and report.html. Finished runs are skipped and interrupted ones resumed from their newest "
-                    "checkpoint, so the same command (or --resume DIR) continues a comparison; more methods or "
-                    "seeds later train only what is missing.",
-        epilog="--algos syntax: ALGO[:k=N][:section.key=value...], comma separated, e.g.\n"
-               "  --algos ppo,loop:k=2,loop:k=3,loop:k=4\n  --algos loop,loop:train.loo_std=group\n"
-               "e.g. diffrl compare --algos loop,ppo --seeds 3 --budget 640 --lr-sweep 3e-4,1e-3,3e-3 \\\n"
-               "       --target eval/shapes_success=0.85 --out runs/cmp    # later: diffrl compare --resume runs/cmp")
-    c.add_argument("--algos", help="methods, e.g. loop,ppo,reinforce,reinforce-loo or loop:k=2,ppo")
-    c.add_argument("--seeds", help="a count (3 -> seeds 0,1,2) or a list (16,27,42); default 3")
-    c.add_argument("--budget", type=int, help="sampled images per run")
-    c.add_argument("--k", type=int, help="K for methods without their own :k=")
-    c.add_argument("--model", help="pipeline for every run (model.pretrained)")
-    c.add_argument("--reward", help="training reward for every run (run.reward)")
-    c.add_argument("--prompts", help="training prompts for every run (run.prompts)")
-    c.add_argument("--config", help="TOML/YAML config file or preset applied to every run")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run (repeatable)")
-    c.add_argument("--lr-sweep", metavar="LR,LR,LR", help="first train each method on its first seed at each of "
-                   "these (>= 3) learning rates and compare with the one of best final held-out metric (or --target's)")
-    add_target_flag(c)
-    c.add_argument("--out", type=Path, help="comparison directory (runs/, sweep/, compare.json, report)")
-    c.add_argument("--resume", type=Path, metavar="DIR", help="continue the comparison in DIR with the methods, seeds, "
-                   "budget and settings saved in DIR/compare.json (no other flags needed)")
-    c.set_defaults(func=cmd_compare)
-
-    r = subparsers.add_parser("report", help="rebuild figures + HTML from finished run directories",
-                              description="Groups runs by their config's algorithm and K (seeds are replicates) and "
-                                          "writes report.json, reward_vs_images.png, reward_vs_wallclock.png, "
-                                          "report.html.")
-    r.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
-    r.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
-    add_target_flag(r)
-    r.set_defaults(func=cmd_report)
-
-
-def add_target_flag(parser) -> None:
-    parser.add_argument("--target", dest="targets", action="append", default=[], metavar="METRIC=VALUE",
-                        help="also report the images and seconds until METRIC first reaches VALUE, e.g. "
-                             "eval/shapes_success=0.85 (repeatable)")
-
-
-# --------------------------------------------------------------------------- compare / report
-
-
-def cmd_compare(args) -> int:
-    from diffrl.compare import compare, parse_algos, parse_lr_sweep, parse_seeds, resume_spec
-    from diffrl.config import parse_overrides
-    from diffrl.report import parse_target
-
-    targets = [parse_target(t) for t in args.targets]
-    flags = {"--algos": args.algos, "--seeds": args.seeds, "--budget": args.budget, "--out": args.out,
-             "--config": args.config, "--lr-sweep": args.lr_sweep, "--k": args.k, "--model": args.model,
-             "--reward": args.reward, "--prompts": args.prompts}
-    if args.resume is not None:
-        given = [flag for flag, value in flags.items() if value is not None]
-        if given:
-            raise DiffrlError(f"--resume DIR takes its methods and settings from DIR/compare.json; drop {', '.join(given)} "
-                              "(to add methods or seeds, rerun the full command with --out DIR)")
-        spec = resume_spec(args.resume)
-        spec["base"].update(parse_overrides(args.overrides))
-        compare(**{**spec, "targets": targets or spec["targets"]})
-        return 0
-    if args.algos is None or args.budget is None or args.out is None:
-        raise DiffrlError("compare needs --algos, --budget and --out (or --resume DIR)")
-    if args.budget < 1:
-        raise DiffrlError(f"--budget must be a positive number of images, got {args.budget}")
-    base = parse_overrides(args.overrides)
-    for flag, key in (("k", "sample.k"), ("model", "model.pretrained"), ("reward", "run.reward"),
-                      ("prompts", "run.prompts")):
-        if getattr(args, flag) is not None:
-            base[key] = str(getattr(args, flag))
-    compare(parse_algos(args.algos), parse_seeds(args.seeds or "3"), args.budget, args.out, args.config, base,
-            targets, parse_lr_sweep(args.lr_sweep) if args.lr_sweep else None)
-    return 0
-
-
-def cmd_report(args) -> int:
-    from diffrl.report import default_label, load_run, parse_target, write_report
-
-    targets = [parse_target(t) for t in args.targets]
-    groups: dict[str, list[dict]] = {}
-    for run_dir in args.runs:
-        run = load_run(run_dir)
-        if not run["finished"]:
-            print(f"diffrl: report: {run_dir} is not finished; skipped")
-            continue
-        groups.setdefault(default_label(run["config"]), []).append(run)
-    if not groups:
-        raise DiffrlError("no finished run among the given directories")
-    for label, runs in groups.items():
-        runs.sort(key=lambda r: r["config"]["run"]["seed"])
-        settings = [{s: {k: v for k, v in sec.items() if k not in ("seed", "out", "progress", "threads")}
-                     for s, sec in r["config"].items()} for r in runs]
-        if any(x != settings[0] for x in settings[1:]):
-            print(f"diffrl: report: note: the runs of {label} differ in more than their seed")
-    write_report(groups, args.out, title="diffrl report", targets=targets)
-    print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
-          f"wrote {args.out / 'report.html'}")
-    return 0
-
-
-# --------------------------------------------------------------------------- evaluate
+    p.set_defaults(func=run)
 
 
 def _run_config(lora: Path | None):
@@ -160,6 +50,28 @@ def _run_config(lora: Path | None):
     if lora is not None and (lora / CONFIG_FILE).is_file():
         return load_config(lora / CONFIG_FILE)
     return None
+
+
+def held_out_prompts(config, run_dir: Path | None) -> tuple[str, list]:
+    """--prompts' default: (what to record as the prompt set, the prompts) from a run's config, or the default config.
+
+    The run's held-out prompts (run.eval_prompts, "auto" resolved as in training). A ShapesWorld run without
+    held-out prompts falls back to ShapesWorld's held-out set; any other run without them needs --prompts.
+    """
+    from diffrl.prompts import AUTO, SHAPES_HELD_OUT, load_prompts, split_prompts
+
+    prompts, spec = config.run.prompts, config.run.eval_prompts
+    shapes_world = prompts.startswith("shapes:")
+    if spec is None and shapes_world:
+        spec = AUTO
+    if spec is None:
+        raise DiffrlError(f"--lora {run_dir}: the run has no held-out prompts (run.eval_prompts = none); give --prompts")
+    if spec != AUTO:
+        return spec, load_prompts(spec).all()
+    split = split_prompts(prompts, AUTO)
+    if split.held_out is None:
+        raise DiffrlError(f"--lora {run_dir}: the run has no held-out prompts ({split.note}); give --prompts")
+    return SHAPES_HELD_OUT if shapes_world else f"{AUTO} (held out of {prompts})", split.held_out
 
 
 def load_weights(pipe, path: Path) -> str:
@@ -215,49 +127,47 @@ def _grid_rows(images: np.ndarray, texts: list[str], scores: np.ndarray, categor
     return images[picked], [f"{texts[i]} {scores[i]:.2f}" for i in picked]
 
 
-def cmd_evaluate(args) -> int:
+def run(args) -> int:
     import torch
 
     from diffrl.config import Config
-    from diffrl.evaluation import generate_fixed_seed, score_images
+    from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
     from diffrl.models.pipeline import image_size, load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
     from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
     from diffrl.runlog import image_grid
     from diffrl.sampling import Policy
-    from diffrl.trainer import eval_reward_names
 
     lora = Path(args.lora) if args.lora else None
     if lora is not None and not lora.is_dir():
         raise DiffrlError(f"--lora {lora}: directory not found")
-    run = _run_config(lora)
-    defaults = run or Config()
+    run_config = _run_config(lora)
+    defaults = run_config or Config()
     n = defaults.run.eval_images_per_prompt if args.images_per_prompt is None else args.images_per_prompt
     steps = defaults.sample.num_steps if args.steps is None else args.steps
     guidance = defaults.sample.guidance_scale if args.guidance is None else args.guidance
     eta = defaults.sample.eta if args.eta is None else args.eta
     if n < 1 or steps < 1 or eta <= 0 or guidance < 0:
         raise DiffrlError("--images-per-prompt and --steps must be >= 1, --eta > 0, --guidance >= 0")
-    prompt_spec = args.prompts or defaults.run.eval_prompts or Config().run.eval_prompts
-    prompts = load_prompts(prompt_spec).all()
+    if args.prompts:
+        prompt_spec, prompts = args.prompts, load_prompts(args.prompts).all()
+    else:
+        prompt_spec, prompts = held_out_prompts(defaults, lora if run_config is not None else None)
     reward_config = Config()
     reward_config.run.reward = args.reward or defaults.run.reward
-    # The reward's parts, + shapes_success on ShapesWorld prompts (those carry "objects"; other prompt sets may
-    # carry a "category" too, which alone would make eval_reward_names add shapes_success).
-    shapes_world = all("objects" in meta for _, meta in prompts)
-    names = eval_reward_names(reward_config, prompts if shapes_world else None)
+    names = eval_reward_names(reward_config, prompts)  # the reward's parts, + shapes_success on ShapesWorld prompts
     rewards = {name: get_reward(name) for name in names}
     sampling = {"num_steps": steps, "guidance_scale": guidance, "eta": eta}
     baseline = load_baseline(args.baseline, [p for p, _ in prompts], n, args.seed, sampling) if args.baseline else None
     model = args.model or defaults.model.pretrained
     resolve_model(model)
-    out = args.out or (lora / "evaluate" if run is not None else Path("runs/evaluate"))
+    out = args.out or (lora / "evaluate" if run_config is not None else Path("runs/evaluate"))
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    pipe = load_pipeline(model, defaults.model.revision if run is not None else None)
+    pipe = load_pipeline(model, defaults.model.revision if run_config is not None else None)
     if torch.cuda.is_available():
         pipe.to("cuda")
     loaded = load_weights(pipe, lora) if lora is not None else None

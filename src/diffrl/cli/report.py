@@ -1,0 +1,48 @@
+"""`diffrl report`: figures and HTML rebuilt from finished run directories (diffrl.report)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffrl.errors import DiffrlError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="rebuild figures + HTML from finished run directories",
+                              description="Groups runs by their config's algorithm and K (seeds are replicates) and "
+                                          "writes report.json, reward_vs_images.png, reward_vs_wallclock.png, "
+                                          "report.html.")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
+    add_target_flag(p)
+    p.set_defaults(func=run)
+
+
+def add_target_flag(parser) -> None:
+    parser.add_argument("--target", dest="targets", action="append", default=[], metavar="METRIC=VALUE",
+                        help="also report the images and seconds until METRIC first reaches VALUE, e.g. "
+                             "eval/shapes_success=0.85 (repeatable)")
+
+
+def run(args) -> int:
+    from diffrl.report import default_label, load_run, parse_target, write_report
+
+    targets = [parse_target(t) for t in args.targets]
+    groups: dict[str, list[dict]] = {}
+    for run_dir in args.runs:
+        loaded = load_run(run_dir)
+        if not loaded["finished"]:
+            print(f"diffrl: report: {run_dir} is not finished; skipped")
+            continue
+        groups.setdefault(default_label(loaded["config"]), []).append(loaded)
+    if not groups:
+        raise DiffrlError("no finished run among the given directories")
+    for label, runs in groups.items():
+        runs.sort(key=lambda r: r["config"]["run"]["seed"])
+        settings = [{s: {k: v for k, v in sec.items() if k not in ("seed", "out", "progress", "threads")}
+                     for s, sec in r["config"].items()} for r in runs]
+        if any(x != settings[0] for x in settings[1:]):
+            print(f"diffrl: report: note: the runs of {label} differ in more than their seed")
+    write_report(groups, args.out, title="diffrl report", targets=targets)
+    print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
+          f"wrote {args.out / 'report.html'}")
+    return 0

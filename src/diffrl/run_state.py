@@ -1,0 +1,300 @@
+"""The state of a training run: built once (`start_run`), checkpointed (`save`) and restored (`restore`).
+
+`RunState` holds everything an epoch reads or changes: the pipeline, the policy and its optimizer, the
+prompt source and rewards, the three random streams, the DDIM schedule, the statistics and counters.
+A checkpoint stores the parts that change (trainable weights, AdamW state, RNG states, statistics,
+counters); the rest is rebuilt from config.yaml, so a resumed run continues bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from diffrl import checkpoint as ckpt
+from diffrl.config import (RESUMABLE_KEYS, Config, images_per_epoch, inner_epochs, load_config, minibatches,
+                           resume_conflicts, validate)
+from diffrl.core import b2 as b2core
+from diffrl.core.advantages import PerPromptStatTracker
+from diffrl.core.ddim import trained_steps
+from diffrl.core.estimators import ESTIMATORS, Estimator
+from diffrl.errors import DiffrlError, RunHalted
+from diffrl.evaluation import eval_reward_names
+from diffrl.models.pipeline import add_lora, image_size, load_pipeline, resolve_model, save_lora
+from diffrl.prompts import PromptSource, split_prompts
+from diffrl.rewards.base import get_reward, parse_reward_spec
+from diffrl.runlog import RunLogger
+from diffrl.sampling import Policy, ddim_timesteps, encode_prompts
+from diffrl.update import resolved_clip_range
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunState:
+    """Everything an epoch reads or changes; `start_run` builds it once, checkpoints save and restore it."""
+
+    config: Config
+    out: Path  # the run directory
+    accelerator: Accelerator
+    pipe: Any  # the diffusers pipeline: frozen VAE and text encoder; its UNet carries the trained weights
+    policy: Policy  # samples and evaluates with the bare UNet
+    train_policy: Policy  # trains through the accelerate-wrapped UNet, so DDP syncs the gradients
+    optimizer: torch.optim.Optimizer
+    trainable: dict[str, torch.nn.Parameter]
+    estimator: Estimator
+    prompts: PromptSource  # training prompts (without the held-out ones)
+    held_out: list | None  # held-out prompts; None: no held-out evaluation
+    reward_fn: Any  # the training reward (a WeightedSum of the run.reward parts)
+    eval_rewards: dict  # name -> reward, scored on the held-out images; the first is eval_key's
+    tracker: PerPromptStatTracker  # ppo's per-prompt reward statistics
+    history: b2core.StageRewardHistory  # B2's per-stage rewards for the sibling z-scores
+    prompt_rng: np.random.Generator  # prompt sampling, one stream per rank
+    noise_gen: torch.Generator  # sampling noise, one stream per rank
+    train_gen: torch.Generator  # minibatch order and step subsets, the same on every rank
+    timesteps: torch.Tensor  # (T,) DDIM timesteps, descending
+    prev_timesteps: torch.Tensor  # (T,) the timestep each step lands on
+    step_stds: torch.Tensor  # (T,) sigma_t: which steps are trained (train.min_noise_std)
+    latent_shape: tuple[int, int, int]
+    uncond: torch.Tensor  # the empty prompt's embedding (classifier-free guidance)
+    # epoch, skipped_updates, nan_rewards, images_seen, consecutive_skips (the skip guard), best_eval:
+    # [held-out reward, epoch] (early stop); checkpointed.
+    counters: dict
+    logger: RunLogger | None = None  # main process only
+    saved_epoch: int = 0  # epoch of the newest checkpoint this run wrote or resumed from (0: none)
+    save_pending: bool = False  # a checkpoint due while updates were being skipped waits for a clean epoch
+    clip_warned: bool = False  # the warning that PPO clipping never acted, once per run
+
+    @property
+    def eval_key(self) -> str:
+        return f"eval/{next(iter(self.eval_rewards))}"
+
+
+def start_run(config: Config, resume: bool) -> RunState:
+    """Everything the loop needs, loaded once: prompts, rewards, pipeline, optimizer, RNGs, restored state, logger.
+
+    Mistakes in the prompts, the rewards or the model fail before anything is written.
+    """
+    validate(config)
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
+    accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available())
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    s, t, r, b = config.sample, config.train, config.run, config.b2
+    out = run_directory(config, accelerator)
+
+    # ---- prompts and rewards first: mistakes there fail before the pipeline loads
+    prompts = split_prompts(r.prompts, r.eval_prompts)  # run.eval_prompts=auto is resolved here, once
+    if r.early_stop_drop is not None and prompts.held_out is None:
+        raise DiffrlError(f"run.early_stop_drop needs held-out prompts, and there are none: {prompts.note}")
+    reward_fn = parse_reward_spec(r.reward)
+    resolve_model(config.model.pretrained)
+    prepare_run_dir(out, resume, config)
+
+    # ---- model: frozen pipeline + trainable LoRA (or full UNet)
+    torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
+    pipe = load_pipeline(config.model.pretrained, config.model.revision)
+    unet = pipe.unet
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
+    if device.type == "cpu":
+        weight_dtype = torch.float32
+    # Frozen weights in half precision save memory (as DDPO); LoRA adapters, added after, stay fp32.
+    frozen_modules = (pipe.vae, pipe.text_encoder, unet) if config.model.lora else (pipe.vae, pipe.text_encoder)
+    for frozen in frozen_modules:
+        frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
+    if config.model.lora:
+        add_lora(unet, config.model.lora_rank, config.model.lora_alpha, config.model.lora_target_modules)
+    else:
+        unet.requires_grad_(True)
+    unet.to(device)
+    unet.train()
+    trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+    # The module handed to accelerate is the one whose forward runs the UNet, so DDP syncs LoRA grads.
+    wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
+
+    policy = Policy.from_scheduler(unet, pipe.scheduler, device, s.eta, s.guidance_scale, s.logprob_reduce)
+    timesteps, prev_timesteps = ddim_timesteps(pipe.scheduler, s.num_steps, device)
+    step_stds = policy.noise_stds(timesteps, prev_timesteps)  # sigma_t per step: which steps are trained
+    narrowest = b2core.trained_interval(0, s.num_steps, b.start_steps, b.stages) if b.enabled else (0, s.num_steps)
+    narrowest = (narrowest[0], max(narrowest[0], min(narrowest[1], t.first_steps or s.num_steps)))  # may be empty
+    if not len(trained_steps(*narrowest, step_stds, t.min_noise_std)):
+        raise DiffrlError(f"no denoising step in [{narrowest[0]}, {narrowest[1]}) (B2's interval, train.first_steps) "
+                          f"has sigma_t >= train.min_noise_std="
+                          f"{t.min_noise_std:g}; lower it, or train more steps (sample.num_steps, b2.start_steps)")
+    size = image_size(pipe, config.model.resolution)
+
+    run = RunState(
+        config=config, out=out, accelerator=accelerator, pipe=pipe, policy=policy,
+        train_policy=dataclasses.replace(policy, unet=wrapped_unet), optimizer=optimizer, trainable=trainable,
+        estimator=ESTIMATORS[t.algo], prompts=prompts.train, held_out=prompts.held_out, reward_fn=reward_fn,
+        eval_rewards={name: get_reward(name) for name in eval_reward_names(config, prompts.held_out)},
+        tracker=PerPromptStatTracker(t.stat_buffer_size, t.stat_min_count),
+        history=b2core.StageRewardHistory(b.history_stages),
+        prompt_rng=np.random.default_rng([r.seed, rank]),
+        noise_gen=torch.Generator().manual_seed(r.seed * 7919 + rank),
+        train_gen=torch.Generator().manual_seed(r.seed * 104729 + 1),  # same on every rank
+        timesteps=timesteps, prev_timesteps=prev_timesteps, step_stds=step_stds,
+        latent_shape=(unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
+        uncond=encode_prompts(pipe, [""], device),
+        counters={"epoch": 0, "skipped_updates": 0, "nan_rewards": 0, "images_seen": 0, "consecutive_skips": 0,
+                  "best_eval": None},
+    )
+    restored = restore(run) if resume else None
+    run.counters.update(restored or {})
+    run.saved_epoch = run.counters["epoch"]
+    if accelerator.is_main_process:
+        write_config(out, config)
+        # Resuming drops metrics logged after the restored checkpoint (all of them when there was none yet).
+        run.logger = RunLogger(out, r.tensorboard, config.to_dict() if r.wandb else None,
+                               resume_step=(run.counters["epoch"] if restored else -1) if resume else None)
+        estimator = run.estimator
+        print(f"diffrl: {estimator.name} ({estimator.summary}); {images_per_epoch(config) * world} images/epoch "
+              f"({world} process(es)), {minibatches(config)} update(s) x {inner_epochs(config)} inner epoch(s)"
+              + (f", clip range {resolved_clip_range(config, run.latent_shape):.3g}" if estimator.clipped else "")
+              + f"; run dir {out}")
+        if prompts.note:
+            print(f"diffrl: {prompts.note}")
+    return run
+
+
+def run_directory(config: Config, accelerator: Accelerator) -> Path:
+    """`run.out`, or runs/<date>-<time>-<algo> chosen by the main process and shared with every rank."""
+    if config.run.out is None:
+        from accelerate.utils import broadcast_object_list
+
+        name = [f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.train.algo}"]
+        if accelerator.num_processes > 1:
+            broadcast_object_list(name)
+        config.run.out = name[0]  # recorded in config.yaml
+    return Path(config.run.out)
+
+
+def prepare_run_dir(out: Path, resume: bool, config: Config | None = None) -> None:
+    """Check the run directory before anything loads. Writes nothing: the directory appears with config.yaml."""
+    if resume:
+        if not (out / CONFIG_FILE).is_file():
+            raise DiffrlError(f"{out} is not a diffrl run directory (no {CONFIG_FILE}); cannot resume")
+        if config is not None:
+            check_resumable(out, config)
+        return
+    if (out / "checkpoints").exists():
+        raise DiffrlError(f"{out} already holds a run; use --resume {out} or another --out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the nearest existing ancestor must accept a new directory
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "a path component is not a directory")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise DiffrlError(f"output directory {out} is not writable: {err.strerror or err}") from None
+
+
+def check_resumable(out: Path, config: Config) -> None:
+    """Refuse to resume with settings that change the math of the remaining updates (config.RESUMABLE_KEYS may differ)."""
+    saved = load_config(out / CONFIG_FILE)
+    conflicts = resume_conflicts(saved, config)
+    if conflicts:
+        raise DiffrlError(f"cannot resume {out} with different settings: {'; '.join(conflicts)} "
+                          f"(only {', '.join(sorted(RESUMABLE_KEYS))} may change; start a new run with --out)")
+
+
+def write_config(out: Path, config: Config) -> None:
+    """config.yaml, replaced atomically (resume reads it back; a resume records the allowed changes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (CONFIG_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(out / CONFIG_FILE)
+
+
+def save(run: RunState) -> None:
+    """Checkpoint + LoRA export. Every rank reaches the same collectives; only the main process writes."""
+    accelerator, out, config, counters = run.accelerator, run.out, run.config, run.counters
+    prompt_states = gather_object([run.prompt_rng.bit_generator.state]) if accelerator.num_processes > 1 else \
+        [run.prompt_rng.bit_generator.state]
+    noise_states = gather_object([run.noise_gen.get_state()]) if accelerator.num_processes > 1 else \
+        [run.noise_gen.get_state()]
+    accelerator.wait_for_everyone()
+    error = None
+    if accelerator.is_main_process:
+        state = {"counters": dict(counters), "tracker": run.tracker.state_dict(), "history": run.history.state_dict(),
+                 "prompt_rng": prompt_states, "torch_rng": {"noise": noise_states, "train": run.train_gen.get_state()}}
+        unet = run.policy.unet
+        try:
+            ckpt.save_checkpoint(out, counters["epoch"], dict(run.trainable), run.optimizer.state_dict(), state,
+                                 config.run.keep_checkpoints)
+            if config.model.lora:
+                ckpt.replace_dir(out / "lora", lambda tmp: save_lora(unet, tmp))
+            else:
+                ckpt.replace_dir(out / "unet", lambda tmp: unet.save_pretrained(tmp, safe_serialization=True))
+        except RunHalted as err:  # disk full: every rank must hear of it, or they would wait here forever
+            error = err
+    _, failed = agree(accelerator, 0, error is not None)  # also the barrier after the write
+    if failed:
+        raise error or RunHalted(f"the main process could not write checkpoint {ckpt.checkpoint_path(out, counters['epoch'])}")
+    run.saved_epoch = counters["epoch"]
+
+
+def restore(run: RunState) -> dict | None:
+    """Load the newest readable checkpoint into the live objects; returns its counters (None: no checkpoint yet)."""
+    found = ckpt.load_latest(run.out)
+    if found is None:
+        return None  # killed before its first checkpoint: the run starts over, from the same seed
+    rank, world = run.accelerator.process_index, run.accelerator.num_processes
+    path, (weights, optimizer_state, state) = found
+    if len(state["prompt_rng"]) != world:
+        raise DiffrlError(f"{path} was written by {len(state['prompt_rng'])} process(es); resume with the same number "
+                          f"(this launch has {world})")
+    trainable = run.trainable
+    mismatch = sorted(set(weights) ^ set(trainable)) or [n for n, p in trainable.items() if weights[n].shape != p.shape]
+    if mismatch:
+        raise DiffrlError(f"{path} does not match this model's trainable weights (e.g. {mismatch[0]}); cannot resume")
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(weights[name])
+    run.optimizer.load_state_dict(optimizer_state)
+    run.tracker.load_state_dict(state["tracker"])
+    run.history.load_state_dict(state["history"])
+    set_rng_states(run, (state["prompt_rng"][rank], state["torch_rng"]["noise"][rank], state["torch_rng"]["train"]))
+    return state["counters"]
+
+
+def rng_states(run: RunState) -> tuple:
+    """(prompt, noise, train) generator states of this rank."""
+    return run.prompt_rng.bit_generator.state, run.noise_gen.get_state(), run.train_gen.get_state()
+
+
+def set_rng_states(run: RunState, states: tuple) -> None:
+    run.prompt_rng.bit_generator.state = states[0]
+    run.noise_gen.set_state(states[1])
+    run.train_gen.set_state(states[2])
+
+
+def agree(accelerator, signum: int, flag: bool) -> tuple[int, bool]:
+    """One decision for every rank: the largest pending signal number and whether any rank raised `flag`.
+
+    A signal may reach a single process (Ctrl-C in one terminal, a per-process OOM killer warning);
+    without this, that rank would stop at a collective the others never reach.
+    """
+    if accelerator.num_processes == 1:
+        return signum, flag
+    votes = accelerator.gather(torch.tensor([[float(signum), float(flag)]], device=accelerator.device)).cpu()
+    return int(votes[:, 0].max()), bool(votes[:, 1].max() > 0)
+
+
+def newest_checkpoint(out: Path) -> str:
+    newest = ckpt.list_checkpoints(out)
+    return f"newest checkpoint {newest[-1]}" if newest else "no checkpoint yet"

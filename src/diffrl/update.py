@@ -1,0 +1,169 @@
+"""The policy update of one epoch: `train.inner_epochs` passes of `minibatches` optimizer steps.
+
+Each optimizer step trains a minibatch of samples, each on a random subset of its trainable denoising
+steps (DDPO's `train.timestep_fraction`): the (sample, step) pairs are re-evaluated under the current
+policy in chunks of `train.chunk_size` (`pair_loss`: one UNet call per chunk, plus one without the LoRA
+adapters for the KL penalty `train.kl_coef`), their loss averaged, and the gradient applied only if
+the loss and the gradient norm are finite on every rank (the skip guard's `count_update`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from diffrl.config import Config, inner_epochs, minibatches
+from diffrl.core.ddim import gaussian_kl
+from diffrl.core.losses import calibrated_clip_range
+from diffrl.sampling import Trajectories
+
+if TYPE_CHECKING:
+    from diffrl.run_state import RunState
+
+# Per optimizer step: averaged over its pairs, then over the applied steps of the epoch.
+AVERAGED = ("loss", "approx_kl", "clip_fraction", "ratio_mean", "kl_to_base")
+
+
+@dataclass
+class Batch:
+    """What one epoch trains on, on this rank."""
+
+    traj: Trajectories  # sampled trajectories and their log-probs under the sampling policy (pi_old)
+    embeds: torch.Tensor  # prompt embeddings, rows indexed by traj.prompt_index
+    advantages: torch.Tensor  # (N,) one per sample
+    selected: torch.Tensor  # indices of the samples to train on (finite reward, B2's sibling selection)
+    steps: torch.Tensor  # the denoising steps that may be trained
+
+
+@dataclass
+class Pairs:
+    """One minibatch's (sample, step) pairs; weight 0 marks the stand-in pair of an empty minibatch."""
+
+    samples: torch.Tensor
+    steps: torch.Tensor
+    weight: float = 1.0
+
+
+def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
+    """Inner epochs x minibatches of optimizer steps; each step averages the loss over its (sample, step) pairs.
+
+    `loss_fn` (default `pair_loss`) computes a chunk's loss terms and KL; the trainer passes its own name for it.
+    """
+    loss_fn = loss_fn or pair_loss
+    t = run.config.train
+    clip_range = resolved_clip_range(run.config, batch.traj.latents.shape[2:])
+    steps_per_sample = max(1, math.ceil(t.timestep_fraction * len(batch.steps)))
+    sums = dict.fromkeys(AVERAGED + ("grad_norm",), 0.0)
+    extremes = {"ratio_min": math.inf, "ratio_max": -math.inf}
+    applied = 0
+    for _ in range(inner_epochs(run.config)):
+        order = batch.selected[torch.randperm(len(batch.selected), generator=run.train_gen)]
+        for minibatch in torch.tensor_split(order, minibatches(run.config)):
+            pairs = draw_pairs(minibatch, batch.steps, steps_per_sample, run.train_gen)
+            step, low, high = backward(run, batch, pairs, clip_range, loss_fn)
+            grad_norm = run.accelerator.clip_grad_norm_(list(run.trainable.values()), t.max_grad_norm)
+            # A non-finite loss or gradient never reaches the weights (nor AdamW's moments).
+            finite = step_is_finite(run.accelerator, math.isfinite(step["loss"]), grad_norm)
+            if finite:
+                run.optimizer.step()
+                for key, value in step.items():
+                    sums[key] += value
+                sums["grad_norm"] += float(grad_norm)
+                extremes = {"ratio_min": min(extremes["ratio_min"], low), "ratio_max": max(extremes["ratio_max"], high)}
+                applied += 1
+            count_update(run.counters, applied=finite)
+            run.optimizer.zero_grad(set_to_none=True)
+    if not applied:
+        extremes = {"ratio_min": math.nan, "ratio_max": math.nan}
+    return {k: v / max(applied, 1) for k, v in sums.items()} | extremes | {"updates": applied}
+
+
+def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:
+    """A random subset of the trainable steps for each sample of the minibatch, as flat (sample, step) pairs."""
+    step_choice = torch.stack([steps[torch.randperm(len(steps), generator=generator)[:steps_per_sample]]
+                               for _ in range(len(minibatch))]) if len(minibatch) else None
+    if step_choice is None:
+        # Keep collectives aligned across ranks: one zero-weighted pair.
+        return Pairs(torch.zeros(1, dtype=torch.long), steps[:1], 0.0)
+    return Pairs(minibatch.repeat_interleave(steps_per_sample), step_choice.reshape(-1))
+
+
+def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_fn) -> tuple[dict, float, float]:
+    """Accumulate the gradient of the pairs' mean loss chunk by chunk; returns the step's averaged terms and
+    the smallest and largest importance ratio seen."""
+    accelerator, kl_coef = run.accelerator, run.config.train.kl_coef
+    chunks = list(zip(pairs.samples.split(run.config.train.chunk_size), pairs.steps.split(run.config.train.chunk_size)))
+    total = len(pairs.samples)
+    step = dict.fromkeys(AVERAGED, 0.0)
+    low, high = math.inf, -math.inf
+    for i, (ps, pt) in enumerate(chunks):
+        sync = i == len(chunks) - 1
+        with accelerator.no_sync(run.train_policy.unet) if not sync else nullcontext():
+            terms, kl = loss_fn(run, batch, ps, pt, clip_range)
+            loss = terms.loss + kl_coef * kl if kl_coef else terms.loss
+            # backward even on a non-finite loss: every rank must reach DDP's gradient all-reduce
+            accelerator.backward(loss * (pairs.weight * len(ps) / total))
+        values = terms._asdict() | {"loss": loss, "kl_to_base": kl}
+        for key in step:
+            step[key] += float(values[key].detach()) * len(ps) / total
+        low, high = min(low, float(terms.ratio_min)), max(high, float(terms.ratio_max))
+    return step, low, high
+
+
+def pair_loss(run: RunState, batch: Batch, sample_ids: torch.Tensor, step_ids: torch.Tensor, clip_range: float):
+    """Re-evaluate log pi_theta of stored actions for a chunk of (sample, step) pairs in one UNet call.
+
+    Returns the estimator's loss terms and the mean KL of each step's Gaussian to the base model's (0 unless
+    train.kl_coef > 0: the reference is the same UNet with its LoRA adapters disabled, so no second copy is held).
+    """
+    accelerator, policy, traj = run.accelerator, run.train_policy, batch.traj
+    device = accelerator.device
+    sample_ids, step_ids = sample_ids.to(device), step_ids.to(device)
+    x_t = traj.latents[sample_ids, step_ids]  # (M, C, h, w)
+    x_prev = traj.latents[sample_ids, step_ids + 1]
+    n = len(sample_ids)
+    inputs = (x_t, traj.timesteps[step_ids], traj.prev_timesteps[step_ids], batch.embeds[traj.prompt_index[sample_ids]],
+              run.uncond.expand(n, -1, -1))
+    with accelerator.autocast():
+        result = policy.step(*inputs, prev_sample=x_prev)
+    terms = run.estimator.loss(result.log_prob.float(), traj.log_probs[sample_ids, step_ids],
+                               batch.advantages[sample_ids], clip_range)
+    kl = torch.zeros((), device=device)
+    if run.config.train.kl_coef:
+        unet = accelerator.unwrap_model(policy.unet)
+        unet.disable_adapters()
+        try:
+            with torch.no_grad(), accelerator.autocast():
+                reference = dataclasses.replace(policy, unet=unet).step(*inputs, prev_sample=x_prev)
+        finally:
+            unet.enable_adapters()
+        kl = gaussian_kl(result.mean.float(), reference.mean.float(), result.std.float(), policy.logprob_reduce).mean()
+    return terms, kl
+
+
+def resolved_clip_range(config: Config, latent_shape) -> float:
+    """train.clip_range, or (None) the range calibrated to the log-prob reduction and the latent size."""
+    if config.train.clip_range is not None:
+        return config.train.clip_range
+    return calibrated_clip_range(math.prod(latent_shape), config.sample.logprob_reduce)
+
+
+def step_is_finite(accelerator, loss_finite: bool, grad_norm) -> bool:
+    """Whether to apply this optimizer step: finite loss and gradient norm on every rank (one decision for all)."""
+    ok = loss_finite and bool(torch.isfinite(torch.as_tensor(grad_norm)))
+    if accelerator.num_processes > 1:  # the gradient is all-reduced, the loss is not
+        ok = bool(accelerator.gather(torch.tensor([float(ok)], device=accelerator.device)).min() > 0)
+    return ok
+
+
+def count_update(counters: dict, applied: bool) -> None:
+    """The skip guard's bookkeeping: total skipped updates and the current run of them."""
+    if applied:
+        counters["consecutive_skips"] = 0
+    else:
+        counters["skipped_updates"] += 1
+        counters["consecutive_skips"] += 1
