@@ -48,6 +48,7 @@ class SampleConfig:
     prompts_per_batch: int = opt(16, "Prompts per sampling batch, per process (drawn with replacement).")
     batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
+    flow_noise_level: float = opt(0.7, "Flow models (SD3) only: noise level a of Flow-GRPO's SDE sampler, step noise std a * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next); > 0 makes each step a Gaussian policy (Flow-GRPO: 0.7). sample.eta is the DDIM models' counterpart.")
 
 
 @dataclass
@@ -65,8 +66,8 @@ class TrainConfig:
     kl_coef: float = opt(0.0, "Weight beta of a KL penalty toward the base model, beta * KL(pi_theta || pi_base) per trained step (LoRA only: the reference is the UNet with its adapters disabled; costs one more UNet forward per trained pair). 0: off.")
     adv_clip_max: float = opt(5.0, "Advantages are clamped to [-adv_clip_max, adv_clip_max].")
     loo_std: str = opt("none", "Divide leave-one-out advantages by a std: 'none', 'group' or 'batch'.")
-    min_noise_std: float = opt(0.05, "Train only denoising steps whose DDIM noise std sigma_t is at least this. With SD's schedule the last two steps have sigma_t 0.04 and 0.02 at any step count (0.26-0.78 before them at 10 steps); their log-prob gradients scale as 1/sigma_t and drown the reward signal of the other steps (docs/shapesworld.md). 0: every step, as DDPO.")
-    first_steps: int | None = opt(None, "Train only the first N denoising steps (the high-noise ones, which decide the layout: on ShapesWorld spatial prompts the first 3 of 10 steps fix 79% of the success variance; docs/tuning.md). None: every step (within min_noise_std and B2's interval).")
+    min_noise_std: float = opt(0.05, "Train only denoising steps whose noise std sigma_t (DDIM; the SDE step std for SD3) is at least this. With SD's schedule the last two steps have sigma_t 0.04 and 0.02 at any step count (0.26-0.78 before them at 10 steps); their log-prob gradients scale as 1/sigma_t and drown the reward signal of the other steps (docs/shapesworld.md). 0: every step, as DDPO.")
+    first_steps: int | None = opt(None, "Train only the first N denoising steps (the high-noise ones, which decide the layout: on ShapesWorld spatial prompts the first 3 of 10 steps fix 77% of the success variance; docs/tuning.md). None: every step (within min_noise_std and B2's interval).")
     timestep_fraction: float = opt(1.0, "Fraction of the trainable denoising steps trained per sample (random subset).")
     max_grad_norm: float = opt(1.0, "Gradient-norm clip.")
     mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
@@ -245,6 +246,7 @@ def validate(config: Config) -> Config:
         (s.num_steps >= 1, "sample.num_steps must be >= 1"),
         (s.eta > 0, "sample.eta must be > 0 (eta = 0 is deterministic and has no log-probability)"),
         (s.guidance_scale >= 0, "sample.guidance_scale must be >= 0"),
+        (s.flow_noise_level > 0, "sample.flow_noise_level must be > 0 (0 is the deterministic ODE step: no log-probability)"),
         (s.k >= 1, "sample.k must be >= 1"),
         (s.prompts_per_batch >= 1, "sample.prompts_per_batch must be >= 1"),
         (s.batches_per_epoch >= 1, "sample.batches_per_epoch must be >= 1"),

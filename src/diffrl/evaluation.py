@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffrl.models.pipeline import denoiser
 from diffrl.prompts import Prompt
 from diffrl.rewards.base import Reward, check_rewards, split_reward_spec
-from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
+from diffrl.sampling import FlowPolicy, Policy, encode_prompts, sample_trajectories
 
 
 @dataclass
@@ -33,11 +34,11 @@ class EvalResult:
 
 
 @torch.no_grad()
-def generate_fixed_seed(pipe, policy: Policy, prompts: list[Prompt], images_per_prompt: int, seed: int,
+def generate_fixed_seed(pipe, policy: Policy | FlowPolicy, prompts: list[Prompt], images_per_prompt: int, seed: int,
                         num_steps: int, latent_shape: tuple[int, int, int], batch_prompts: int = 8) -> tuple:
     """Images for every prompt with per-(prompt, image) seeded noise. Returns (images, texts, metadata)."""
-    device = pipe.unet.device
-    timesteps, prev_timesteps = ddim_timesteps(pipe.scheduler, num_steps, device)
+    device = denoiser(pipe).device
+    timesteps, prev_timesteps = policy.schedule(pipe.scheduler, num_steps, device)
     uncond = encode_prompts(pipe, [""], device)
     images, texts, metas = [], [], []
     for start in range(0, len(prompts), batch_prompts):

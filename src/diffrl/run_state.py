@@ -29,11 +29,12 @@ from diffrl.core.ddim import trained_steps
 from diffrl.core.estimators import ESTIMATORS, Estimator
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
-from diffrl.models.pipeline import add_lora, image_size, load_pipeline, resolve_model, save_lora
+from diffrl.models.pipeline import (add_lora, denoiser, frozen_modules, image_size, load_pipeline, resolve_model,
+                                    save_lora)
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
-from diffrl.sampling import Policy, ddim_timesteps, encode_prompts
+from diffrl.sampling import FlowPolicy, Policy, PromptEmbeds, encode_prompts, make_policy
 from diffrl.update import resolved_clip_range
 
 CONFIG_FILE = "config.yaml"
@@ -46,9 +47,9 @@ class RunState:
     config: Config
     out: Path  # the run directory
     accelerator: Accelerator
-    pipe: Any  # the diffusers pipeline: frozen VAE and text encoder; its UNet carries the trained weights
-    policy: Policy  # samples and evaluates with the bare UNet
-    train_policy: Policy  # trains through the accelerate-wrapped UNet, so DDP syncs the gradients
+    pipe: Any  # the diffusers pipeline: frozen VAE and text encoder(s); its UNet (SD3: transformer) is trained
+    policy: Policy | FlowPolicy  # samples and evaluates with the bare UNet (SD3: transformer)
+    train_policy: Policy | FlowPolicy  # trains through the accelerate-wrapped UNet, so DDP syncs the gradients
     optimizer: torch.optim.Optimizer
     trainable: dict[str, torch.nn.Parameter]
     estimator: Estimator
@@ -61,11 +62,11 @@ class RunState:
     prompt_rng: np.random.Generator  # prompt sampling, one stream per rank
     noise_gen: torch.Generator  # sampling noise, one stream per rank
     train_gen: torch.Generator  # minibatch order and step subsets, the same on every rank
-    timesteps: torch.Tensor  # (T,) DDIM timesteps, descending
+    timesteps: torch.Tensor  # (T,) DDIM timesteps, descending (SD3: sigmas)
     prev_timesteps: torch.Tensor  # (T,) the timestep each step lands on
     step_stds: torch.Tensor  # (T,) sigma_t: which steps are trained (train.min_noise_std)
     latent_shape: tuple[int, int, int]
-    uncond: torch.Tensor  # the empty prompt's embedding (classifier-free guidance)
+    uncond: torch.Tensor | PromptEmbeds  # the empty prompt's embedding (classifier-free guidance)
     # epoch, skipped_updates, nan_rewards, images_seen, consecutive_skips (the skip guard), best_eval:
     # [held-out reward, epoch] (early stop); checkpointed.
     counters: dict
@@ -104,13 +105,12 @@ def start_run(config: Config, resume: bool) -> RunState:
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
-    unet = pipe.unet
+    unet = denoiser(pipe)  # SD3: the transformer
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
     if device.type == "cpu":
         weight_dtype = torch.float32
     # Frozen weights in half precision save memory (as DDPO); LoRA adapters, added after, stay fp32.
-    frozen_modules = (pipe.vae, pipe.text_encoder, unet) if config.model.lora else (pipe.vae, pipe.text_encoder)
-    for frozen in frozen_modules:
+    for frozen in frozen_modules(pipe) + ([unet] if config.model.lora else []):
         frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
     if config.model.lora:
         add_lora(unet, config.model.lora_rank, config.model.lora_alpha, config.model.lora_target_modules)
@@ -124,8 +124,8 @@ def start_run(config: Config, resume: bool) -> RunState:
     # The module handed to accelerate is the one whose forward runs the UNet, so DDP syncs LoRA grads.
     wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
 
-    policy = Policy.from_scheduler(unet, pipe.scheduler, device, s.eta, s.guidance_scale, s.logprob_reduce)
-    timesteps, prev_timesteps = ddim_timesteps(pipe.scheduler, s.num_steps, device)
+    policy = make_policy(pipe, unet, device, s)
+    timesteps, prev_timesteps = policy.schedule(pipe.scheduler, s.num_steps, device)
     step_stds = policy.noise_stds(timesteps, prev_timesteps)  # sigma_t per step: which steps are trained
     narrowest = b2core.trained_interval(0, s.num_steps, b.start_steps, b.stages) if b.enabled else (0, s.num_steps)
     narrowest = (narrowest[0], max(narrowest[0], min(narrowest[1], t.first_steps or s.num_steps)))  # may be empty

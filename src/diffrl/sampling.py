@@ -14,14 +14,16 @@ import torch
 from torch import Tensor
 
 from diffrl.core.ddim import ddim_step_with_log_prob, schedule_noise_stds
+from diffrl.core.flow import flow_noise_std, flow_sde_step_with_log_prob
+from diffrl.models.pipeline import is_sd3
 
 
 @dataclass
 class Trajectories:
     latents: Tensor  # (N, T+1, C, h, w)  x_T ... x_0 in sampling order
     log_probs: Tensor  # (N, T)  log pi_old of each step, stored at sampling time
-    timesteps: Tensor  # (T,)  scheduler timesteps, descending
-    prev_timesteps: Tensor  # (T,)  the timestep each step lands on (-1 after the last)
+    timesteps: Tensor  # (T,)  scheduler timesteps, descending (flow models: sigmas in (0, 1])
+    prev_timesteps: Tensor  # (T,)  the timestep each step lands on (-1 after the last; flow: the next sigma, 0 last)
     prompt_index: Tensor  # (N,)  row of the prompt embedding of each sample
     images: np.ndarray  # (N, H, W, 3) uint8
 
@@ -69,6 +71,89 @@ class Policy:
                                        prev_sample=prev_sample, noise=noise,
                                        prediction_type=self.prediction_type, reduce=self.logprob_reduce)
 
+    def schedule(self, scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
+        """The DDIM timesteps of `num_steps` steps and the timestep each lands on (`ddim_timesteps`)."""
+        return ddim_timesteps(scheduler, num_steps, device)
+
+
+@dataclass
+class PromptEmbeds:
+    """SD3's two prompt encodings, indexed and expanded together as one tensor of embeddings would be."""
+
+    embeds: Tensor  # (P, L, D) token embeddings (CLIP-L/G and T5)
+    pooled: Tensor  # (P, D') pooled CLIP embeddings
+
+    def __getitem__(self, index) -> "PromptEmbeds":
+        return PromptEmbeds(self.embeds[index], self.pooled[index])
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def expand(self, n: int, *_) -> "PromptEmbeds":
+        return PromptEmbeds(self.embeds.expand(n, -1, -1), self.pooled.expand(n, -1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeds.device
+
+
+def cat_embeds(parts: list) -> Tensor | PromptEmbeds:
+    """torch.cat for prompt embeddings of either kind."""
+    if isinstance(parts[0], PromptEmbeds):
+        return PromptEmbeds(torch.cat([p.embeds for p in parts]), torch.cat([p.pooled for p in parts]))
+    return torch.cat(parts)
+
+
+@dataclass
+class FlowPolicy:
+    """The policy of a rectified-flow transformer (SD3) under Flow-GRPO's SDE sampler (`core.flow`).
+
+    Same interface as `Policy`; the schedule's "timesteps" are the scheduler's sigmas (1 -> 0), and the
+    transformer sees sigma * 1000 as diffusers' SD3 pipeline passes it. Named `unet` so the trainer needn't care.
+    """
+
+    unet: torch.nn.Module  # the SD3 transformer (may be the DDP-wrapped module)
+    noise_level: float  # Flow-GRPO's a (sample.flow_noise_level)
+    guidance_scale: float
+    logprob_reduce: str = "mean"
+
+    def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
+        """The std of each step's Gaussian, (T,)."""
+        return flow_noise_std(timesteps, prev_timesteps, self.noise_level)
+
+    def guided_velocity(self, x: Tensor, t: Tensor, cond: PromptEmbeds, uncond: PromptEmbeds) -> Tensor:
+        """v = v_u + w (v_c - v_u) in one transformer call on the doubled batch. x: (M, C, h, w), t: (M,) sigmas."""
+        timestep = t * 1000
+        if self.guidance_scale == 1.0:
+            return self.unet(hidden_states=x, timestep=timestep, encoder_hidden_states=cond.embeds,
+                             pooled_projections=cond.pooled).sample
+        out = self.unet(hidden_states=torch.cat([x, x]), timestep=torch.cat([timestep, timestep]),
+                        encoder_hidden_states=torch.cat([uncond.embeds, cond.embeds]),
+                        pooled_projections=torch.cat([uncond.pooled, cond.pooled])).sample
+        v_uncond, v_cond = out.chunk(2)
+        return v_uncond + self.guidance_scale * (v_cond - v_uncond)
+
+    def step(self, x: Tensor, t: Tensor, prev_t: Tensor, cond: PromptEmbeds, uncond: PromptEmbeds,
+             prev_sample: Tensor | None = None, noise: Tensor | None = None):
+        v = self.guided_velocity(x, t, cond, uncond)
+        return flow_sde_step_with_log_prob(v, t, prev_t, x, self.noise_level, prev_sample=prev_sample, noise=noise,
+                                           reduce=self.logprob_reduce)
+
+    def schedule(self, scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
+        """The flow-matching scheduler's sigmas (shift applied), descending, and each step's next sigma (0 last)."""
+        scheduler.set_timesteps(num_steps, device=device)
+        sigmas = scheduler.sigmas.to(device, torch.float32)
+        return sigmas[:-1], sigmas[1:]
+
+
+def make_policy(pipe, network: torch.nn.Module, device, sample_config) -> "Policy | FlowPolicy":
+    """The policy of `network` (the pipeline's denoiser, maybe with adapters) under `sample_config`."""
+    s = sample_config
+    if is_sd3(pipe):
+        return FlowPolicy(unet=network, noise_level=s.flow_noise_level, guidance_scale=s.guidance_scale,
+                          logprob_reduce=s.logprob_reduce)
+    return Policy.from_scheduler(network, pipe.scheduler, device, s.eta, s.guidance_scale, s.logprob_reduce)
+
 
 def ddim_timesteps(scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
     """The scheduler's descending timesteps and, for each, the timestep it steps to (-1 past the end)."""
@@ -79,28 +164,34 @@ def ddim_timesteps(scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], device) -> Tensor:
-    """(P, L, D) text embeddings, each distinct prompt encoded once."""
+def encode_prompts(pipe, prompts: list[str], device) -> Tensor | PromptEmbeds:
+    """(P, L, D) text embeddings (SD3: with the pooled (P, D') ones, as PromptEmbeds), each prompt encoded once."""
+    if is_sd3(pipe):
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        return PromptEmbeds(embeds.float(), pooled.float())
     embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
     return embeds
 
 
 @torch.no_grad()
 def decode_images(vae, latents: Tensor, chunk: int = 64) -> np.ndarray:
-    """x_0 latents (N, C, h, w) -> uint8 images (N, H, W, 3)."""
+    """x_0 latents (N, C, h, w) -> uint8 images (N, H, W, 3). SD3's VAE also shifts: z / scale + shift."""
     images = []
+    shift = getattr(vae.config, "shift_factor", None)
     for part in latents.split(chunk):
-        decoded = vae.decode(part.to(vae.dtype) / vae.config.scaling_factor).sample
+        z = part.to(vae.dtype) / vae.config.scaling_factor
+        decoded = vae.decode(z + shift if shift is not None else z).sample
         images.append(((decoded.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1))
     return torch.cat(images).cpu().numpy()
 
 
 @torch.no_grad()
 def sample_trajectories(
-    policy: Policy,
+    policy: Policy | FlowPolicy,
     vae,
-    prompt_embeds: Tensor,
-    uncond_embed: Tensor,
+    prompt_embeds: Tensor | PromptEmbeds,
+    uncond_embed: Tensor | PromptEmbeds,
     k: int,
     timesteps: Tensor,
     prev_timesteps: Tensor,
@@ -121,7 +212,7 @@ def sample_trajectories(
     if noise_source is None:
         noise_source = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
     device = prompt_embeds.device
-    num_prompts = prompt_embeds.shape[0]
+    num_prompts = len(prompt_embeds)
     num_steps = len(timesteps)
     if branches > 1 and (branch_step is None or not 0 <= branch_step < num_steps):
         raise ValueError("branching needs a branch_step in [0, num_steps)")

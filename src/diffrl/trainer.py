@@ -30,7 +30,7 @@ from diffrl.rewards.base import check_rewards
 from diffrl.run_state import (CONFIG_FILE, RunState, agree, newest_checkpoint, restore, save, set_rng_states,
                               rng_states, start_run, write_config)
 from diffrl.runlog import finish_report, image_grid
-from diffrl.sampling import Trajectories, encode_prompts, sample_trajectories
+from diffrl.sampling import Trajectories, cat_embeds, encode_prompts, sample_trajectories
 from diffrl.update import Batch, count_update, pair_loss, resolved_clip_range, update
 
 # Also reached through this module: tests swap trainer.run_epoch / trainer.pair_loss, benchmarks trainer.save.
@@ -170,7 +170,7 @@ def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, 
     with run.accelerator.autocast():
         for _ in range(s.batches_per_epoch):
             batch = run.prompts.sample(run.prompt_rng, s.prompts_per_batch)
-            prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.policy.alphas_cumprod.device)
+            prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.accelerator.device)
             traj = sample_trajectories(run.policy, run.pipe.vae, prompt_embeds, run.uncond, s.k, run.timesteps,
                                        run.prev_timesteps, run.latent_shape, run.noise_gen, branch_step=branch_step,
                                        branches=branches(run.config))
@@ -187,7 +187,7 @@ def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, 
         timesteps=first.timesteps, prev_timesteps=first.prev_timesteps,
         prompt_index=torch.cat([p.prompt_index for p in parts]), images=np.concatenate([p.images for p in parts]),
     )
-    return merged, torch.cat(embeds), texts, metas
+    return merged, cat_embeds(embeds), texts, metas
 
 
 def score(run: RunState, epoch: int, images: np.ndarray, texts: list[str], metas: list[dict],

@@ -19,7 +19,7 @@ import torch
 from diffrl.config import Config, inner_epochs, minibatches
 from diffrl.core.ddim import gaussian_kl
 from diffrl.core.losses import calibrated_clip_range
-from diffrl.sampling import Trajectories
+from diffrl.sampling import PromptEmbeds, Trajectories
 
 if TYPE_CHECKING:
     from diffrl.run_state import RunState
@@ -33,7 +33,7 @@ class Batch:
     """What one epoch trains on, on this rank."""
 
     traj: Trajectories  # sampled trajectories and their log-probs under the sampling policy (pi_old)
-    embeds: torch.Tensor  # prompt embeddings, rows indexed by traj.prompt_index
+    embeds: torch.Tensor | PromptEmbeds  # prompt embeddings, rows indexed by traj.prompt_index
     advantages: torch.Tensor  # (N,) one per sample
     selected: torch.Tensor  # indices of the samples to train on (finite reward, B2's sibling selection)
     steps: torch.Tensor  # the denoising steps that may be trained

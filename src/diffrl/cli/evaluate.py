@@ -4,6 +4,7 @@ Formulas and the JSON schema of results.json: docs/evaluation.md. Image generati
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -132,12 +133,12 @@ def run(args) -> int:
 
     from diffrl.config import Config
     from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
-    from diffrl.models.pipeline import image_size, load_pipeline, resolve_model
+    from diffrl.models.pipeline import denoiser, image_size, load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
     from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
     from diffrl.runlog import image_grid
-    from diffrl.sampling import Policy
+    from diffrl.sampling import make_policy
 
     lora = Path(args.lora) if args.lora else None
     if lora is not None and not lora.is_dir():
@@ -171,11 +172,12 @@ def run(args) -> int:
     if torch.cuda.is_available():
         pipe.to("cuda")
     loaded = load_weights(pipe, lora) if lora is not None else None
-    scheduler = pipe.scheduler
-    device = pipe.unet.device
-    policy = Policy.from_scheduler(pipe.unet, scheduler, device, eta, guidance)
+    network = denoiser(pipe)  # SD3: the transformer, sampled with the run's sample.flow_noise_level
+    device = network.device
+    policy = make_policy(pipe, network, device, dataclasses.replace(defaults.sample, eta=eta, guidance_scale=guidance,
+                                                                     logprob_reduce="mean"))
     size = image_size(pipe, defaults.model.resolution)
-    latent_shape = (pipe.unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
+    latent_shape = (network.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape)
     scores = score_images(images, texts, metas, rewards)
 

@@ -1,13 +1,15 @@
-"""Loading Stable Diffusion pipelines, attaching LoRA, saving what diffusers loads back.
+"""Loading Stable Diffusion pipelines (SD 1.x/2.x with a UNet, SD3 with a transformer), attaching LoRA,
+saving what diffusers loads back.
 
 Version-sensitive diffusers/peft calls live here and nowhere else.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 
 from diffrl.errors import DiffrlError
@@ -38,20 +40,55 @@ def resolve_model(spec: str) -> str:
     return spec  # a hub id such as stabilityai/stable-diffusion-2-base
 
 
-def load_pipeline(spec: str, revision: str | None = None) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline with a DDIM scheduler, all weights frozen, in eval mode."""
-    source = resolve_model(spec)
+def pipeline_class_name(source: str, revision: str | None = None) -> str:
+    """model_index.json's `_class_name` ('' when it cannot be read)."""
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, safety_checker=None,
-                                                       requires_safety_checker=False)
+        path = Path(source) / "model_index.json"
+        if path.is_file():
+            return json.loads(path.read_text()).get("_class_name", "")
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.load_config(source, revision=revision).get("_class_name", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def is_sd3(pipe) -> bool:
+    """Whether `pipe` denoises with a rectified-flow transformer (SD3) rather than a UNet."""
+    return isinstance(pipe, StableDiffusion3Pipeline)
+
+
+def load_pipeline(spec: str, revision: str | None = None):
+    """A StableDiffusionPipeline with a DDIM scheduler, or a StableDiffusion3Pipeline with its flow-matching
+    scheduler, all weights frozen, in eval mode."""
+    source = resolve_model(spec)
+    sd3 = pipeline_class_name(source, revision) == "StableDiffusion3Pipeline"
+    try:
+        if sd3:
+            pipe = StableDiffusion3Pipeline.from_pretrained(source, revision=revision)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source, revision=revision, safety_checker=None,
+                                                           requires_safety_checker=False)
     except (OSError, ValueError) as err:
         raise DiffrlError(f"cannot load pipeline {spec!r}: {str(err).splitlines()[0]}") from None
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    if not sd3:
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for module in (denoiser(pipe), *frozen_modules(pipe)):
         module.requires_grad_(False)
         module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The network that is trained: the UNet, or SD3's transformer."""
+    return pipe.transformer if is_sd3(pipe) else pipe.unet
+
+
+def frozen_modules(pipe) -> list[torch.nn.Module]:
+    """The VAE and the text encoders (SD3 has up to three; T5 may be left out)."""
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3") if is_sd3(pipe) else ("text_encoder",)
+    return [pipe.vae] + [m for m in (getattr(pipe, name, None) for name in encoders) if m is not None]
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> None:
@@ -69,10 +106,21 @@ def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_lora(unet: torch.nn.Module, directory: str | Path) -> None:
-    """Write `pytorch_lora_weights.safetensors` so `pipe.load_lora_weights(directory)` restores the adapters."""
+    """Write `pytorch_lora_weights.safetensors` so `pipe.load_lora_weights(directory)` restores the adapters.
+
+    `unet` may be SD3's transformer: saved as diffusers' SD3 LoRA scripts do (peft keys, `transformer.` prefix).
+    """
+    from diffusers import SD3Transformer2DModel
+
+    if isinstance(unet, SD3Transformer2DModel):
+        from peft.utils import get_peft_model_state_dict
+
+        layers = get_peft_model_state_dict(unet)
+        StableDiffusion3Pipeline.save_lora_weights(str(directory), transformer_lora_layers=layers, safe_serialization=True)
+        return
     StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
                                               safe_serialization=True)
 
 
-def image_size(pipe: StableDiffusionPipeline, resolution: int | None) -> int:
-    return resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+def image_size(pipe, resolution: int | None) -> int:
+    return resolution or denoiser(pipe).config.sample_size * pipe.vae_scale_factor

@@ -1,0 +1,131 @@
+"""`diffrl train` on a tiny random SD3 pipeline: every estimator, B2, resume, and the LoRA export in plain diffusers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffrl.cli import main
+
+FAST = ["--reward", "brightness", "--set", "sample.num_steps=3", "--set", "sample.prompts_per_batch=2",
+        "--set", "sample.k=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
+        "--set", "run.tensorboard=false", "--set", "train.min_noise_std=0", "--set", "train.learning_rate=1e-2"]
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(tmp_path_factory):
+    from diffrl.models.tiny_sd3 import tiny_sd3_pipeline
+
+    directory = tmp_path_factory.mktemp("tiny_sd3")
+    tiny_sd3_pipeline().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sd3_prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sd3_prompts") / "prompts.txt"
+    path.write_text("a red circle\na blue square\na green triangle\n")  # words of tiny_sd3.WORDS
+    return path
+
+
+def train(sd3_dir, sd3_prompts, out, *extra):
+    return main(["train", "--model", str(sd3_dir), "--prompts", str(sd3_prompts), "--out", str(out), *FAST, *extra])
+
+
+def trained_weights(out, epoch):
+    return load_file(out / "checkpoints" / f"epoch_{epoch:05d}" / "trainable.safetensors")
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "reinforce-loo", "ppo", "loop", "grpo"])
+def test_every_estimator_trains_sd3(sd3_dir, sd3_prompts, tmp_path, algo):
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", algo, "--epochs", "1") == 0
+    weights = trained_weights(out, 1)
+    assert weights and all("transformer" not in k or "lora" in k for k in weights)
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)  # B starts at zero
+    lora = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
+    assert lora and all(k.startswith("transformer.") for k in lora)
+
+
+def test_b2_trains_sd3(sd3_dir, sd3_prompts, tmp_path):
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", "loop", "--b2", "--epochs", "2", "--set", "b2.start_steps=2",
+                 "--set", "b2.branches=2", "--set", "b2.epochs_per_stage=1") == 0
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["images_seen"] == 2 * 2 * 2  # prompts x K x branches
+    assert all("b2/first_trained_step" in r for r in records[1:])
+    assert all(r["updates"] > 0 for r in records[1:])
+
+
+def test_resume_matches_an_uninterrupted_run(sd3_dir, sd3_prompts, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(sd3_dir, sd3_prompts, whole, "--algo", "ppo", "--epochs", "2") == 0
+    assert train(sd3_dir, sd3_prompts, split, "--algo", "ppo", "--epochs", "1") == 0
+    assert main(["train", "--resume", str(split), "--epochs", "2"]) == 0
+    a, b = trained_weights(whole, 2), trained_weights(split, 2)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_loads_into_plain_diffusers_sd3(sd3_dir, sd3_prompts, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", "loop", "--epochs", "1") == 0
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate():
+        return pipe("a red circle", num_inference_steps=2, output_type="np", height=32, width=32,
+                    generator=torch.Generator().manual_seed(0)).images
+
+    base = generate()
+    pipe.load_lora_weights(out / "lora")
+    assert not np.allclose(base, generate())
+
+
+def test_flow_policy_at_noise_level_zero_is_the_diffusers_sd3_sampler(sd3_dir):
+    """The deterministic limit of the policy (Euler ODE steps) gives StableDiffusion3Pipeline's latents and images."""
+    from diffrl.models.pipeline import load_pipeline
+    from diffrl.sampling import FlowPolicy, decode_images, encode_prompts, sample_trajectories
+
+    pipe = load_pipeline(str(sd3_dir))
+    policy = FlowPolicy(unet=pipe.transformer, noise_level=0.0, guidance_scale=3.0)
+    timesteps, prev = policy.schedule(pipe.scheduler, 3, "cpu")
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    traj = sample_trajectories(policy, pipe.vae, encode_prompts(pipe, ["a red circle", "a blue square"], "cpu"),
+                               encode_prompts(pipe, [""], "cpu"), 1, timesteps, prev, (4, 8, 8), None,
+                               noise_source=lambda shape: noise if shape == noise.shape else torch.zeros(shape))
+    expected = pipe(["a red circle", "a blue square"], num_inference_steps=3, guidance_scale=3.0, height=32, width=32,
+                    latents=noise.clone(), output_type="latent").images
+    torch.testing.assert_close(traj.latents[:, -1], expected, rtol=1e-4, atol=1e-5)
+    images = pipe(["a red circle"], num_inference_steps=3, guidance_scale=3.0, height=32, width=32,
+                  latents=noise[:1].clone(), output_type="np").images
+    assert np.abs(decode_images(pipe.vae, expected[:1]).astype(float) - images * 255).max() <= 1
+
+
+def test_default_min_noise_std_drops_only_the_last_flow_step(sd3_dir):
+    """diffusers' SD3 schedule ends with a tiny step (sigma ~0.003 -> 0) whose std is ~0.006; the others are >= 0.05."""
+    from diffrl.config import TrainConfig
+    from diffrl.models.pipeline import load_pipeline
+    from diffrl.sampling import FlowPolicy
+
+    pipe = load_pipeline(str(sd3_dir))
+    for steps in (3, 10, 40):
+        policy = FlowPolicy(unet=pipe.transformer, noise_level=0.7, guidance_scale=3.0)
+        stds = policy.noise_stds(*policy.schedule(pipe.scheduler, steps, "cpu"))
+        assert stds.shape == (steps,) and torch.isfinite(stds).all() and (stds > 0).all()
+        assert (stds[:-1] >= TrainConfig().min_noise_std).all() and stds[-1] < TrainConfig().min_noise_std
+
+
+def test_held_out_evaluation_and_evaluate_on_an_sd3_run(sd3_dir, sd3_prompts, tmp_path):
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", "loop", "--epochs", "1", "--set",
+                 f"run.eval_prompts={sd3_prompts}", "--set", "run.eval_images_per_prompt=1") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(records[0]["eval/brightness"]) and np.isfinite(records[-1]["eval/brightness"])
+    assert main(["evaluate", "--lora", str(out), "--prompts", str(sd3_prompts), "--images-per-prompt", "2",
+                 "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert result["weights"].startswith("lora:") and np.isfinite(result["metrics"]["brightness"]["overall"]["mean"])
