@@ -10,17 +10,17 @@ over step ranges. This is the measurement behind `train.min_noise_std` (docs/sha
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 
 import numpy as np
 import torch
 
 from diffrl.core.advantages import leave_one_out
-from diffrl.models.pipeline import add_lora, load_pipeline, resolve_model
+from diffrl.models.pipeline import add_lora
 from diffrl.prompts import load_prompts
 from diffrl.rewards import get_reward
-from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
+from diffrl.sampling import ddim_timesteps, encode_prompts, sample_trajectories
+from probe import base_policy, probe_parser
 
 
 def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
@@ -48,35 +48,22 @@ def x0_values(policy, vae, traj, embeds, uncond, reward, texts, metas) -> torch.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:shapes")
-    parser.add_argument("--prompts", default="shapes:color_binding_unseen-train")
-    parser.add_argument("--reward", default="shapes")
-    parser.add_argument("--steps", type=int, default=10)
+    parser = probe_parser(__doc__, "shapes:color_binding_unseen-train")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--prompts-per-batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--advantage", choices=["loo", "x0", "x0-loo", "x0-td"], default="loo",
                         help="loo: r_i - mean_{j!=i} r_j for every step; x0: r - V(x_t) with V the reward of the "
                              "decoded x0-prediction at x_t (a state-dependent baseline); x0-loo: leave-one-out "
                              "over the group of r - V(x_t); x0-td: V(x_{t-1}) - V(x_t) with V(x_0) = r")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-
-    pipe = load_pipeline(resolve_model(args.model))
-    add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])
+    pipe, policy, latent_shape = base_policy(args)
+    add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])  # the policy's UNet, adapted in place
     sch = pipe.scheduler
-    policy = Policy.from_scheduler(pipe.unet, sch, "cpu", eta=1.0, guidance_scale=args.guidance)
     timesteps, prev_timesteps = ddim_timesteps(sch, args.steps, "cpu")
     stds = policy.noise_stds(timesteps, prev_timesteps)
     uncond = encode_prompts(pipe, [""], "cpu")
     prompts, reward = load_prompts(args.prompts).all(), get_reward(args.reward)
-    size = pipe.unet.config.sample_size
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     noise_gen, rng = torch.Generator().manual_seed(args.seed + 1), np.random.default_rng(args.seed)
 
@@ -86,7 +73,7 @@ def main() -> None:
         embeds = encode_prompts(pipe, [p for p, _ in batch], "cpu")
         with torch.no_grad():
             traj = sample_trajectories(policy, pipe.vae, embeds, uncond, args.k, timesteps, prev_timesteps,
-                                       (pipe.unet.config.in_channels, size, size), noise_gen)
+                                       latent_shape, noise_gen)
         texts = [p for p, _ in batch for _ in range(args.k)]
         metas = [m for _, m in batch for _ in range(args.k)]
         rewards = torch.as_tensor(reward(traj.images, texts, metas), dtype=torch.float32)

@@ -8,43 +8,30 @@ same objects): a model that ignores relation words lands near the chance rate (d
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import numpy as np
-import torch
 
 from diffrl.evaluation import generate_fixed_seed
-from diffrl.models.pipeline import load_pipeline, resolve_model
 from diffrl.prompts import load_prompts
-from diffrl.sampling import Policy
 from diffrl.shapes.scorer import constraints, find_objects
 from diffrl.shapes.world import PromptSpec, render
+from probe import base_policy, probe_parser
 
 RELATION = 4  # index of the relation among a spatial prompt's 6 constraints (scorer.constraints)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:shapes")
+    parser = probe_parser(__doc__, "shapes:spatial_unseen-val", reward=None)
     parser.add_argument("--lora", default=None, help="a LoRA directory to load into the model")
-    parser.add_argument("--prompts", default="shapes:spatial_unseen-val")
     parser.add_argument("--images-per-prompt", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    pipe = load_pipeline(resolve_model(args.model))
+    pipe, policy, latent_shape = base_policy(args)
     if args.lora:
         pipe.load_lora_weights(args.lora)
-    policy = Policy.from_scheduler(pipe.unet, pipe.scheduler, "cpu", eta=1.0, guidance_scale=args.guidance)
     prompts = load_prompts(args.prompts).all()
-    size = pipe.unet.config.sample_size
     images, texts, metas = generate_fixed_seed(pipe, policy, prompts, args.images_per_prompt, args.seed, args.steps,
-                                               (pipe.unet.config.in_channels, size, size))
+                                               latent_shape)
     specs = [PromptSpec.from_metadata(t, m) for t, m in zip(texts, metas)]
     checks = np.array([constraints(found, spec) for found, spec in zip(find_objects(images), specs)], dtype=float)
     rest = np.delete(checks, RELATION, axis=1).all(axis=1)

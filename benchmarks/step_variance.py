@@ -8,45 +8,32 @@ as a fraction of the per-prompt variance: what the steps from s on still decide 
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from diffrl.models.pipeline import load_pipeline, resolve_model
 from diffrl.prompts import load_prompts
 from diffrl.rewards import get_reward
-from diffrl.sampling import Policy, ddim_timesteps, encode_prompts, sample_trajectories
+from diffrl.sampling import ddim_timesteps, encode_prompts, sample_trajectories
+from probe import base_policy, probe_parser
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:shapes")
-    parser.add_argument("--prompts", default="shapes:color_binding_unseen-train")
-    parser.add_argument("--reward", default="shapes")
-    parser.add_argument("--steps", type=int, default=10)
+    parser = probe_parser(__doc__, "shapes:color_binding_unseen-train")
     parser.add_argument("--k", type=int, default=4, help="trajectories per prompt")
     parser.add_argument("--branches", type=int, default=4, help="siblings per trajectory")
     parser.add_argument("--branch-steps", default="0,3,5", help="branch points s (comma separated)")
-    parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    pipe = load_pipeline(resolve_model(args.model))
-    policy = Policy.from_scheduler(pipe.unet, pipe.scheduler, "cpu", eta=1.0, guidance_scale=args.guidance)
+    pipe, policy, latent_shape = base_policy(args)
     timesteps, prev_timesteps = ddim_timesteps(pipe.scheduler, args.steps, "cpu")
     uncond = encode_prompts(pipe, [""], "cpu")
     prompts, reward = load_prompts(args.prompts).all(), get_reward(args.reward)
     embeds = encode_prompts(pipe, [p for p, _ in prompts], "cpu")
-    size = pipe.unet.config.sample_size
     generator = torch.Generator().manual_seed(args.seed)
     per_sample = args.k * args.branches
     texts = [p for p, _ in prompts for _ in range(per_sample)]
     metas = [m for _, m in prompts for _ in range(per_sample)]
     for branch_step in (int(s) for s in args.branch_steps.split(",")):
         traj = sample_trajectories(policy, pipe.vae, embeds, uncond, args.k, timesteps, prev_timesteps,
-                                   (pipe.unet.config.in_channels, size, size), generator,
+                                   latent_shape, generator,
                                    branch_step=branch_step, branches=args.branches)
         r = reward(traj.images, texts, metas).reshape(len(prompts), args.k, args.branches)
         total = r.reshape(len(prompts), -1).var(axis=1).mean()
