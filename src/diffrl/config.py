@@ -73,6 +73,9 @@ class TrainConfig:
     mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
     stat_buffer_size: int = opt(16, "ppo: per-prompt reward buffer length.")
     stat_min_count: int = opt(16, "ppo: rewards a prompt needs before its own statistics replace the batch's.")
+    gradient_checkpointing: bool = opt(False, "Recompute the denoiser's (UNet's / SD3 transformer's) activations in the backward pass instead of storing them (diffusers' enable_gradient_checkpointing; works with LoRA): less activation memory for about one more forward per trained chunk; same loss and gradients.")
+    optimizer: str = opt("adamw", "'adamw' (torch.optim.AdamW) or 'adamw8bit' (bitsandbytes' AdamW8bit: 8-bit optimizer states, about a quarter of AdamW's state memory; needs `pip install bitsandbytes` and a CUDA GPU). The adam_* keys apply to both.")
+    frozen_dtype: str = opt("auto", "Dtype of the frozen weights (VAE, text encoders and, with LoRA, the base UNet/transformer): 'auto' (train.mixed_precision's dtype on a GPU, fp32 on CPU), 'fp32', 'fp16' (GPU only) or 'bf16' (GPU or CPU). fp16/bf16 halve their memory and need train.mixed_precision set to the same dtype (the forward runs under autocast). LoRA adapters and fully trained weights stay fp32.")
     max_consecutive_skips: int = opt(3, "Halt the run (exit 3) after this many skipped updates in a row (non-finite loss or gradient, or an epoch whose rewards are all NaN/inf); the newest checkpoint is then from before the fault.")
 
 
@@ -268,6 +271,11 @@ def validate(config: Config) -> Config:
         (t.min_noise_std >= 0, "train.min_noise_std must be >= 0"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),
         (t.mixed_precision in ("no", "fp16", "bf16"), "train.mixed_precision must be no, fp16 or bf16"),
+        (t.optimizer in OPTIMIZERS, f"train.optimizer must be {' or '.join(OPTIMIZERS)} (got {t.optimizer!r})"),
+        (t.frozen_dtype in FROZEN_DTYPES, f"train.frozen_dtype must be {', '.join(FROZEN_DTYPES)} (got {t.frozen_dtype!r})"),
+        (t.frozen_dtype not in ("fp16", "bf16") or t.mixed_precision == t.frozen_dtype,
+         f"train.frozen_dtype={t.frozen_dtype} needs train.mixed_precision={t.frozen_dtype} (the forward runs under "
+         f"autocast; got train.mixed_precision={t.mixed_precision})"),
         (t.stat_buffer_size >= 1 and t.stat_min_count >= 1, "train.stat_buffer_size and stat_min_count must be >= 1"),
         (config.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
         (r.epochs >= 0, "run.epochs must be >= 0"),
@@ -307,12 +315,46 @@ def validate(config: Config) -> Config:
     return config
 
 
+OPTIMIZERS = ("adamw", "adamw8bit")
+FROZEN_DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def check_device(config: Config, cuda: bool) -> None:
+    """Checks that depend on the machine (start-up, before anything is written): adamw8bit needs bitsandbytes and
+    CUDA; fp16 frozen weights need a GPU. Not part of `validate`, so a GPU run's config.yaml still loads on a CPU."""
+    import importlib.util
+
+    t = config.train
+    if t.optimizer == "adamw8bit":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise DiffrlError("train.optimizer=adamw8bit needs bitsandbytes (pip install bitsandbytes); "
+                              "it runs on CUDA GPUs")
+        if not cuda:
+            raise DiffrlError("train.optimizer=adamw8bit needs a CUDA GPU (bitsandbytes' 8-bit optimizers are "
+                              "CUDA-only) and none is available; use train.optimizer=adamw")
+    if t.frozen_dtype == "fp16" and not cuda:
+        raise DiffrlError("train.frozen_dtype=fp16 needs a CUDA GPU (no GPU here); use bf16 or fp32 on CPU")
+
+
+def frozen_torch_dtype(config: Config, cuda: bool):
+    """The torch dtype of the frozen weights (train.frozen_dtype; 'auto': mixed_precision's dtype on a GPU, else fp32)."""
+    import torch
+
+    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    t = config.train
+    if t.frozen_dtype == "auto":
+        return names.get(t.mixed_precision, torch.float32) if cuda else torch.float32
+    return names[t.frozen_dtype]
+
+
 # Keys that may change when a run is resumed: they do not enter the math of the remaining updates.
-# (train.chunk_size only regroups the same sums; floating-point rounding may differ in the last bits.)
+# (train.chunk_size only regroups the same sums; floating-point rounding may differ in the last bits;
+# train.gradient_checkpointing recomputes the same activations.)
 RESUMABLE_KEYS = frozenset({
     "run.out", "run.epochs", "run.save_every", "run.image_every", "run.eval_every", "run.eval_prompts",
     "run.eval_images_per_prompt", "run.progress", "run.threads", "run.keep_checkpoints", "run.tensorboard",
     "run.wandb", "run.early_stop_drop", "train.max_consecutive_skips", "train.chunk_size",
+    "train.gradient_checkpointing",
 })
 
 

@@ -21,8 +21,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from diffrl import checkpoint as ckpt
-from diffrl.config import (RESUMABLE_KEYS, Config, images_per_epoch, inner_epochs, load_config, minibatches,
-                           resume_conflicts, validate)
+from diffrl.config import (RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype, images_per_epoch,
+                           inner_epochs, load_config, minibatches, resume_conflicts, validate)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
@@ -86,6 +86,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     Mistakes in the prompts, the rewards or the model fail before anything is written.
     """
     validate(config)
+    check_device(config, torch.cuda.is_available())  # adamw8bit, fp16 frozen weights: fail before anything loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
@@ -106,10 +107,10 @@ def start_run(config: Config, resume: bool) -> RunState:
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
     unet = denoiser(pipe)  # SD3: the transformer
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.mixed_precision, torch.float32)
-    if device.type == "cpu":
-        weight_dtype = torch.float32
-    # Frozen weights in half precision save memory (as DDPO); LoRA adapters, added after, stay fp32.
+    # train.frozen_dtype ('auto': the mixed-precision dtype on a GPU, fp32 on CPU). Frozen weights in half
+    # precision save memory (as DDPO); LoRA adapters stay fp32 (peft 0.21 creates them in the base layer's dtype:
+    # cast back below, so the optimizer and its states are fp32).
+    weight_dtype = frozen_torch_dtype(config, device.type == "cuda")
     for frozen in frozen_modules(pipe) + ([unet] if config.model.lora else []):
         frozen.to(device) if weight_dtype == torch.float32 else frozen.to(device, weight_dtype)
     if config.model.lora:
@@ -118,9 +119,13 @@ def start_run(config: Config, resume: bool) -> RunState:
         unet.requires_grad_(True)
     unet.to(device)
     unet.train()
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()  # diffusers ModelMixin; recomputes activations in backward
     trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                  weight_decay=t.adam_weight_decay, eps=t.adam_epsilon)
+    for name, param in trainable.items():
+        if param.dtype != torch.float32:  # peft's adapters on a bf16/fp16 base layer
+            param.data = param.data.float()
+    optimizer = make_optimizer(t, trainable.values())
     # The module handed to accelerate is the one whose forward runs the UNet, so DDP syncs LoRA grads.
     wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
 
@@ -167,6 +172,17 @@ def start_run(config: Config, resume: bool) -> RunState:
         if prompts.note:
             print(f"diffrl: {prompts.note}")
     return run
+
+
+def make_optimizer(t, params) -> torch.optim.Optimizer:
+    """train.optimizer: torch's AdamW, or bitsandbytes' AdamW8bit (config.check_device made sure it can run)."""
+    kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.adam_weight_decay,
+                  eps=t.adam_epsilon)
+    if t.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
 
 
 def run_directory(config: Config, accelerator: Accelerator) -> Path:
