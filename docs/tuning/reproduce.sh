@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The learning-efficiency study of docs/tuning.md, run by run (seed 0 unless named). Each run: one torch
+# thread, so two can share a 2-core machine (`bash docs/tuning/reproduce.sh NAME` runs one; no argument: all,
+# one after the other, several hours on 2 cores). Then: python docs/tuning/summarize.py runs/study/*/
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=docs/tuning
+OLD="--set train.clip_range=0.2 --set train.inner_epochs=1 --set train.minibatches=2 --set train.learning_rate=5e-4"
+REUSE="--set train.inner_epochs=4 --set train.minibatches=4"   # the new default for clipped estimators
+XATTN="--set model.lora_target_modules=attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0"
+HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard3 --set run.eval_images_per_prompt=16"
+SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
+declare -A RUNS=(
+  [old_defaults]="$OLD --epochs 60"
+  [overfit3]="$HARD3 $REUSE --set train.learning_rate=1e-3 --epochs 20"
+  [overfit3_lr1e-2]="$HARD3 $REUSE --set train.learning_rate=1e-2 --epochs 20"
+  [overfit3_lr1e-2_noclip]="$HARD3 $REUSE --set train.learning_rate=1e-2 --set train.clip_range=100 --epochs 20"
+  [cb_lead_succ]="$REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 30"
+  [cb_lr3e-3]="$REUSE --set train.learning_rate=3e-3 --epochs 30"
+  [cb_lr1e-2]="$REUSE --set train.learning_rate=1e-2 --epochs 30"
+  [cb_lr3e-3_kl1]="$REUSE --set train.learning_rate=3e-3 --set train.kl_coef=1 --epochs 30"
+  [cb_lr3e-3_kl10]="$REUSE --set train.learning_rate=3e-3 --set train.kl_coef=10 --epochs 30"
+  [cb_lr3e-3_k16p4]="$REUSE --set train.learning_rate=3e-3 --k 16 --set sample.prompts_per_batch=4 --epochs 30"
+  [cb_xattn_lr3e-3]="$REUSE --set train.learning_rate=3e-3 $XATTN --epochs 30"
+  [sp_lead_succ]="$SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 40"
+  [sp_first3_lr3e-3]="$SPATIAL $REUSE --set train.learning_rate=3e-3 --set train.first_steps=3 --reward shapes_success --epochs 40"
+  [sp_graded_first3_lr1e-3]="$SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.first_steps=3 --reward shapes_graded --epochs 30"
+  [demo]="--epochs 40"
+  [demo_s1]="--epochs 40 --seed 1"
+)
+names=("${@:-${!RUNS[@]}}")
+for name in "${names[@]}"; do
+  # shellcheck disable=SC2086
+  diffrl train --out "runs/study/$name" --set run.threads=1 --set run.eval_every=5 --set run.progress=false ${RUNS[$name]}
+done
