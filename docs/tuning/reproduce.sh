@@ -27,6 +27,9 @@ declare -A RUNS=(
   [sp_graded_first3_lr1e-3]="$SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.first_steps=3 --reward shapes_graded --epochs 30"
   [demo]="--epochs 40"
   [demo_s1]="--epochs 40 --seed 1"
+  [demo_lr5e-4]="--epochs 40 --set train.learning_rate=5e-4"
+  [demo_lr5e-4_s1]="--epochs 40 --seed 1 --set train.learning_rate=5e-4"
+  [old_defaults_s1]="$OLD --epochs 60 --seed 1"
 )
 names=("${@:-${!RUNS[@]}}")
 for name in "${names[@]}"; do
