@@ -32,7 +32,7 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
 @torch.no_grad()
 def x0_values(policy, vae, traj, embeds, uncond, reward, texts, metas) -> torch.Tensor:
     """(n, T): the reward of the decoded x0-prediction at each step's input x_t."""
-    from diffrl.core.ddim import abar_pair
+    from diffrl.core.ddim import abar_pair, predicted_x0
     from diffrl.sampling import decode_images
 
     n, steps = traj.latents.shape[0], traj.latents.shape[1] - 1
@@ -41,8 +41,7 @@ def x0_values(policy, vae, traj, embeds, uncond, reward, texts, metas) -> torch.
         x, t = traj.latents[:, j], traj.timesteps[j].repeat(n)
         eps = policy.guided_noise(x, t, embeds[traj.prompt_index], uncond.expand(n, -1, -1))
         abar, _ = abar_pair(t, t, policy.alphas_cumprod, policy.final_alpha_cumprod)
-        abar = abar.reshape(-1, 1, 1, 1)
-        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+        x0 = predicted_x0(x, eps, abar.reshape(-1, 1, 1, 1))
         out.append(torch.as_tensor(reward(decode_images(vae, x0), texts, metas), dtype=torch.float32))
     return torch.stack(out, dim=1)
 

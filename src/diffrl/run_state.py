@@ -132,10 +132,10 @@ def start_run(config: Config, resume: bool) -> RunState:
     policy = make_policy(pipe, unet, device, s)
     timesteps, prev_timesteps = policy.schedule(pipe.scheduler, s.num_steps, device)
     step_stds = policy.noise_stds(timesteps, prev_timesteps)  # sigma_t per step: which steps are trained
-    narrowest = b2core.trained_interval(0, s.num_steps, b.start_steps, b.stages) if b.enabled else (0, s.num_steps)
-    narrowest = (narrowest[0], max(narrowest[0], min(narrowest[1], t.first_steps or s.num_steps)))  # may be empty
-    if not len(trained_steps(*narrowest, step_stds, t.min_noise_std)):
-        raise DiffrlError(f"no denoising step in [{narrowest[0]}, {narrowest[1]}) (B2's interval, train.first_steps) "
+    steps, first_step, _ = epoch_steps(config, step_stds, epoch=0)  # B2's first stage trains the fewest steps
+    if not len(steps):
+        end_step = min(s.num_steps, t.first_steps or s.num_steps)
+        raise DiffrlError(f"no denoising step in [{first_step}, {end_step}) (B2's interval, train.first_steps) "
                           f"has sigma_t >= train.min_noise_std="
                           f"{t.min_noise_std:g}; lower it, or train more steps (sample.num_steps, b2.start_steps)")
     size = image_size(pipe, config.model.resolution)
@@ -172,6 +172,22 @@ def start_run(config: Config, resume: bool) -> RunState:
         if prompts.note:
             print(f"diffrl: {prompts.note}")
     return run
+
+
+def epoch_steps(config: Config, step_stds: torch.Tensor, epoch: int) -> tuple[torch.Tensor, int, int | None]:
+    """(denoising steps trained in `epoch`, the first step of its interval, B2's stage or None).
+
+    B2 trains the last n_s steps of stage s (the interval's first step is the branch point); train.first_steps
+    keeps only the early, high-noise steps, where the layout is decided (docs/tuning.md); train.min_noise_std
+    drops the near-deterministic ones.
+    """
+    s, t, b = config.sample, config.train, config.b2
+    first_step, end_step, stage = 0, s.num_steps, None
+    if b.enabled:
+        stage = b2core.stage_of_epoch(epoch, b.epochs_per_stage, b.stages)
+        first_step, end_step = b2core.trained_interval(stage, s.num_steps, b.start_steps, b.stages)
+    end_step = min(end_step, t.first_steps or end_step)
+    return trained_steps(first_step, end_step, step_stds, t.min_noise_std), first_step, stage
 
 
 def make_optimizer(t, params) -> torch.optim.Optimizer:

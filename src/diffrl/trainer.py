@@ -22,13 +22,12 @@ from tqdm.auto import tqdm
 from diffrl import checkpoint as ckpt
 from diffrl.config import Config, branches
 from diffrl.core import b2 as b2core
-from diffrl.core.ddim import trained_steps
 from diffrl.core.estimators import compute_advantages
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
 from diffrl.rewards.base import check_rewards
-from diffrl.run_state import (CONFIG_FILE, RunState, agree, newest_checkpoint, restore, save, set_rng_states,
-                              rng_states, start_run, write_config)
+from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, restore, save,
+                              set_rng_states, rng_states, start_run, write_config)
 from diffrl.runlog import finish_report, image_grid
 from diffrl.sampling import Trajectories, cat_embeds, encode_prompts, sample_trajectories
 from diffrl.update import Batch, count_update, pair_loss, resolved_clip_range, update
@@ -141,22 +140,16 @@ def guard_and_checkpoint(run: RunState, signum: int, collapse: str | None) -> bo
 
 
 def steps_of_epoch(run: RunState, epoch: int) -> tuple[torch.Tensor, int | None, dict]:
-    """The denoising steps trained this epoch, B2's branch point (None: no branching) and B2's metrics.
-
-    B2 trains the last n_s steps of stage s (its first step is the branch point); train.first_steps keeps
-    only the early, high-noise steps, where the layout is decided (docs/tuning.md); train.min_noise_std drops
-    the near-deterministic ones.
-    """
-    s, t, b = run.config.sample, run.config.train, run.config.b2
-    metrics: dict = {}
-    first_step, end_step, branch_step = 0, s.num_steps, None
-    if b.enabled:
-        stage = b2core.stage_of_epoch(epoch, b.epochs_per_stage, b.stages)
-        first_step, end_step = b2core.trained_interval(stage, s.num_steps, b.start_steps, b.stages)
+    """The denoising steps trained this epoch (`run_state.epoch_steps`), B2's branch point (None: no
+    branching) and B2's metrics."""
+    steps, first_step, stage = epoch_steps(run.config, run.step_stds, epoch)
+    metrics: dict = {"trained_steps": len(steps)}
+    branch_step = None
+    if stage is not None:
+        b, num_steps = run.config.b2, run.config.sample.num_steps
         branch_step = first_step if b.branches > 1 else None
-        metrics.update({"b2/stage": stage, "b2/first_trained_step": first_step, "b2/trained_steps": end_step - first_step})
-    steps = trained_steps(first_step, min(end_step, t.first_steps or end_step), run.step_stds, t.min_noise_std)
-    metrics["trained_steps"] = len(steps)
+        metrics.update({"b2/stage": stage, "b2/first_trained_step": first_step,
+                        "b2/trained_steps": b2core.trained_step_count(stage, num_steps, b.start_steps, b.stages)})
     return steps, branch_step, metrics
 
 

@@ -40,6 +40,11 @@ def epsilon_from_model_output(model_output: Tensor, sample: Tensor, abar_t: Tens
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def predicted_x0(sample: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
+    """x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): the clean sample the noise estimate implies."""
+    return (sample - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+
+
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduce = "mean") -> Tensor:
     """log N(x; mean, std^2 I), reduced over all but the batch dimension.
 
@@ -89,7 +94,7 @@ def trained_steps(first_step: int, end_step: int, stds: Tensor, min_std: float) 
     (sigma 0.04 and 0.02 at 10 DDIM steps, against 0.26-0.78 before) dominate the summed gradient
     while barely changing the image, so their noise drowns the reward signal of the others.
     """
-    steps = torch.arange(first_step, end_step)
+    steps = torch.arange(first_step, max(first_step, end_step))  # an empty range when end_step <= first_step
     return steps[stds[first_step:end_step] >= min_std]
 
 
@@ -126,7 +131,7 @@ def ddim_step_with_log_prob(
                          for a in abar_pair(timestep, prev_timestep, alphas_cumprod, final_alpha_cumprod))
 
     eps = epsilon_from_model_output(model_output, sample, abar_t, prediction_type)
-    x0_pred = (sample - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+    x0_pred = predicted_x0(sample, eps, abar_t)
     std = noise_std(abar_t, abar_prev, eta)
     mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
 
