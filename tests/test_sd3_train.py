@@ -1,4 +1,5 @@
-"""`diffrl train` on a tiny random SD3 pipeline: every estimator, B2, resume, and the LoRA export in plain diffusers."""
+"""`diffrl train` on a tiny random SD3 pipeline: every estimator, B2, resume, the LoRA export in plain diffusers, full
+fine-tuning's transformer/ export and `diffrl evaluate` on it, and sample.max_sequence_length."""
 import json
 
 import numpy as np
@@ -59,10 +60,11 @@ def test_b2_trains_sd3(sd3_dir, sd3_prompts, tmp_path):
     assert all(r["updates"] > 0 for r in records[1:])
 
 
-def test_resume_matches_an_uninterrupted_run(sd3_dir, sd3_prompts, tmp_path):
+@pytest.mark.parametrize("lora", ["true", "false"])
+def test_resume_matches_an_uninterrupted_run(sd3_dir, sd3_prompts, tmp_path, lora):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train(sd3_dir, sd3_prompts, whole, "--algo", "ppo", "--epochs", "2") == 0
-    assert train(sd3_dir, sd3_prompts, split, "--algo", "ppo", "--epochs", "1") == 0
+    assert train(sd3_dir, sd3_prompts, whole, "--algo", "ppo", "--epochs", "2", "--set", f"model.lora={lora}") == 0
+    assert train(sd3_dir, sd3_prompts, split, "--algo", "ppo", "--epochs", "1", "--set", f"model.lora={lora}") == 0
     assert main(["train", "--resume", str(split), "--epochs", "2"]) == 0
     a, b = trained_weights(whole, 2), trained_weights(split, 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -129,3 +131,86 @@ def test_held_out_evaluation_and_evaluate_on_an_sd3_run(sd3_dir, sd3_prompts, tm
                  "--out", str(tmp_path / "eval")]) == 0
     result = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert result["weights"].startswith("lora:") and np.isfinite(result["metrics"]["brightness"]["overall"]["mean"])
+
+
+def test_full_finetune_exports_the_transformer_and_evaluate_reloads_it(sd3_dir, sd3_prompts, tmp_path):
+    """model.lora=false saves the transformer under transformer/ (SD3's component name); `diffrl evaluate`'s loader
+    puts exactly those weights (the last checkpoint's) into the pipeline, in place of the base transformer."""
+    from diffrl.cli.evaluate import load_weights
+    from diffrl.models.pipeline import load_pipeline
+
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", "loop", "--epochs", "2", "--set", "model.lora=false") == 0
+    assert (out / "transformer" / "config.json").is_file() and not (out / "unet").exists()
+    assert not (out / "lora").exists()
+    pipe = load_pipeline(str(sd3_dir))
+    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    assert load_weights(pipe, out) == f"transformer:{out / 'transformer'}"
+    loaded, saved = pipe.transformer.state_dict(), trained_weights(out, 2)
+    assert saved.keys() == dict(pipe.transformer.named_parameters()).keys()  # every weight (buffers aside)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    assert any(not torch.equal(loaded[k], base[k]) for k in base)
+    assert not any(p.requires_grad for p in pipe.transformer.parameters()) and not pipe.transformer.training
+    assert main(["evaluate", "--lora", str(out), "--prompts", str(sd3_prompts), "--images-per-prompt", "1",
+                 "--out", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert result["weights"] == f"transformer:{out / 'transformer'}"
+
+
+def test_a_unet_directory_does_not_load_into_an_sd3_pipeline(sd3_dir, tiny_pipeline_dir):
+    from diffrl.cli.evaluate import load_weights
+    from diffrl.errors import DiffrlError
+    from diffrl.models.pipeline import load_pipeline
+
+    with pytest.raises(DiffrlError, match="holds a UNet2DConditionModel.*transformer is a SD3Transformer2DModel"):
+        load_weights(load_pipeline(str(sd3_dir)), tiny_pipeline_dir / "unet")
+
+
+def test_max_sequence_length_sets_the_t5_part_of_the_prompt_embeddings(sd3_dir):
+    from diffrl.models.pipeline import load_pipeline
+    from diffrl.sampling import SD3_MAX_SEQUENCE_LENGTH, encode_prompts
+
+    pipe = load_pipeline(str(sd3_dir))
+    lengths = {n: encode_prompts(pipe, ["a red circle"], "cpu", n).embeds.shape[1] for n in (8, 32)}
+    default = encode_prompts(pipe, ["a red circle"], "cpu")
+    assert lengths[32] - lengths[8] == 24
+    assert default.embeds.shape[1] - lengths[8] == SD3_MAX_SEQUENCE_LENGTH - 8
+    assert encode_prompts(pipe, ["a red circle"], "cpu", 8).pooled.shape == default.pooled.shape
+
+
+def test_max_sequence_length_reaches_every_prompt_encoding_of_a_run(sd3_dir, sd3_prompts, tmp_path, monkeypatch):
+    """Training (the empty prompt, every sampled batch), its held-out evaluation and `diffrl evaluate` of the run
+    all encode with the run's sample.max_sequence_length."""
+    from diffusers import StableDiffusion3Pipeline
+
+    seen = []
+    encode = StableDiffusion3Pipeline.encode_prompt
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("max_sequence_length"))
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusion3Pipeline, "encode_prompt", spy)
+    out = tmp_path / "run"
+    assert train(sd3_dir, sd3_prompts, out, "--algo", "loop", "--epochs", "1", "--set", "sample.max_sequence_length=16",
+                 "--set", f"run.eval_prompts={sd3_prompts}", "--set", "run.eval_images_per_prompt=1") == 0
+    assert main(["evaluate", "--lora", str(out), "--prompts", str(sd3_prompts), "--images-per-prompt", "1",
+                 "--out", str(tmp_path / "eval")]) == 0
+    assert len(seen) >= 6 and set(seen) == {16}  # uncond + 1 batch + 2 evaluations (uncond + prompts) + evaluate
+
+
+def test_flow_grpo_preset_trains_on_the_tiny_sd3_pipeline(sd3_dir, sd3_prompts, tmp_path):
+    """The flow_grpo_pickscore preset, shrunk to the tiny pipeline, trains: its LoRA target modules (attn.add_*_proj,
+    attn.to_add_out, ...) exist in an SD3 transformer, and its other settings (grpo, 2 updates per epoch, the first
+    steps only, T5 length 128, KL to the base) run together."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", "flow_grpo_pickscore", "--model", str(sd3_dir), "--prompts", str(sd3_prompts),
+                 "--reward", "brightness", "--out", str(out), "--epochs", "1", "--set", "model.resolution=32",
+                 "--set", "sample.num_steps=3", "--set", "train.first_steps=2", "--set", "sample.k=2",
+                 "--set", "sample.batches_per_epoch=2", "--set", "train.mixed_precision=no",
+                 "--set", "run.eval_prompts=none", "--set", "run.progress=false", "--set", "run.tensorboard=false"]) == 0
+    lora = load_file(out / "lora" / "pytorch_lora_weights.safetensors")
+    assert any(".attn.add_k_proj." in k for k in lora) and any(".attn.to_add_out." in k for k in lora)
+    assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in lora.items())
+    record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert record["updates"] == 2 and record["trained_steps"] == 2

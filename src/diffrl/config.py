@@ -1,7 +1,8 @@
 """Typed, nested run configuration: defaults, TOML/YAML files, `key=value` overrides, validation.
 
 Defaults run the embedded ShapesWorld demo (LOOP, K = 4, color binding) on a CPU.
-`presets/` holds files for other settings (e.g. the LOOP paper's SD 2.0 setting).
+`presets/` holds files for published settings (`preset_names()`: DDPO's compressibility run, the LOOP paper's
+SD 2.0 setting, Flow-GRPO's SD 3.5 PickScore setting), loaded by name like a file.
 Field names follow DDPO's config where it has one (sample.*, train.*).
 """
 from __future__ import annotations
@@ -32,10 +33,10 @@ def opt(default: Any, help: str) -> Any:
 class ModelConfig:
     pretrained: str = opt("builtin:shapes", "Pipeline to fine-tune: a local diffusers directory, a hub id, or builtin:shapes.")
     revision: str | None = opt(None, "Hub revision of the pretrained pipeline.")
-    lora: bool = opt(True, "Train LoRA adapters (True) or the full UNet (False).")
+    lora: bool = opt(True, "Train LoRA adapters (True) or the whole denoiser, SD's UNet or SD3's transformer (False), exported with save_pretrained to RUN/unet/ or RUN/transformer/ (its name in a diffusers pipeline), which `diffrl evaluate --lora RUN` loads.")
     lora_rank: int = opt(4, "LoRA rank.")
     lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
-    lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "UNet modules that get LoRA adapters.")
+    lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "Modules of the UNet (SD3: the transformer) that get LoRA adapters (peft target_modules: names or name suffixes).")
     resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
 
 
@@ -49,6 +50,7 @@ class SampleConfig:
     batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
     flow_noise_level: float = opt(0.7, "Flow models (SD3) only: noise level a of Flow-GRPO's SDE sampler, step noise std a * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next); > 0 makes each step a Gaussian policy (Flow-GRPO: 0.7). sample.eta is the DDIM models' counterpart.")
+    max_sequence_length: int = opt(256, "SD3-style pipelines only (ignored by SD 1.x/2.x, whose CLIP encoder has a fixed 77 tokens): the T5 tokens every prompt is padded or truncated to (StableDiffusion3Pipeline.encode_prompt's max_sequence_length; diffusers' default 256, Flow-GRPO: 128). The transformer attends to the padding too, so this is part of the policy, and shorter sequences make every transformer call cheaper; prompts longer than this are truncated.")
 
 
 @dataclass
@@ -204,13 +206,19 @@ def apply_mapping(config: Config, mapping: dict, from_string: bool = False, pref
     return config
 
 
+def preset_names() -> list[str]:
+    """The presets `--config NAME` accepts (presets/NAME.toml), sorted; listed in the CLI help and errors so the
+    list cannot go stale."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
 def read_config_file(path: str | Path) -> dict:
     """Parse a TOML or YAML file into a dict; one-line errors for missing or malformed files."""
     path = Path(path)
     if not path.is_file() and (PRESET_DIR / f"{path}.toml").is_file():
         path = PRESET_DIR / f"{path}.toml"
     if not path.is_file():
-        raise DiffrlError(f"config file not found: {path}")
+        raise DiffrlError(f"config file not found: {path} (presets: {', '.join(preset_names())})")
     try:
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
@@ -250,6 +258,8 @@ def validate(config: Config) -> Config:
         (s.eta > 0, "sample.eta must be > 0 (eta = 0 is deterministic and has no log-probability)"),
         (s.guidance_scale >= 0, "sample.guidance_scale must be >= 0"),
         (s.flow_noise_level > 0, "sample.flow_noise_level must be > 0 (0 is the deterministic ODE step: no log-probability)"),
+        (1 <= s.max_sequence_length <= 512, "sample.max_sequence_length must be in [1, 512] (StableDiffusion3Pipeline's "
+                                            "limit)"),
         (s.k >= 1, "sample.k must be >= 1"),
         (s.prompts_per_batch >= 1, "sample.prompts_per_batch must be >= 1"),
         (s.batches_per_epoch >= 1, "sample.batches_per_epoch must be >= 1"),

@@ -13,7 +13,7 @@ import torch
 from diffrl.models.pipeline import denoiser
 from diffrl.prompts import Prompt
 from diffrl.rewards.base import Reward, check_rewards, split_reward_spec
-from diffrl.sampling import FlowPolicy, Policy, encode_prompts, sample_trajectories
+from diffrl.sampling import SD3_MAX_SEQUENCE_LENGTH, FlowPolicy, Policy, encode_prompts, sample_trajectories
 
 
 @dataclass
@@ -35,15 +35,19 @@ class EvalResult:
 
 @torch.no_grad()
 def generate_fixed_seed(pipe, policy: Policy | FlowPolicy, prompts: list[Prompt], images_per_prompt: int, seed: int,
-                        num_steps: int, latent_shape: tuple[int, int, int], batch_prompts: int = 8) -> tuple:
-    """Images for every prompt with per-(prompt, image) seeded noise. Returns (images, texts, metadata)."""
+                        num_steps: int, latent_shape: tuple[int, int, int], batch_prompts: int = 8,
+                        max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH) -> tuple:
+    """Images for every prompt with per-(prompt, image) seeded noise. Returns (images, texts, metadata).
+
+    `max_sequence_length`: SD3's T5 prompt length (sample.max_sequence_length), the one the policy was trained with.
+    """
     device = denoiser(pipe).device
     timesteps, prev_timesteps = policy.schedule(pipe.scheduler, num_steps, device)
-    uncond = encode_prompts(pipe, [""], device)
+    uncond = encode_prompts(pipe, [""], device, max_sequence_length)
     images, texts, metas = [], [], []
     for start in range(0, len(prompts), batch_prompts):
         chunk = prompts[start:start + batch_prompts]
-        embeds = encode_prompts(pipe, [p for p, _ in chunk], device)
+        embeds = encode_prompts(pipe, [p for p, _ in chunk], device, max_sequence_length)
         generators = [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start + i, j]).generate_state(1)[0]))
                       for i in range(len(chunk)) for j in range(images_per_prompt)]
 

@@ -29,8 +29,8 @@ from diffrl.core.ddim import trained_steps
 from diffrl.core.estimators import ESTIMATORS, Estimator
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
-from diffrl.models.pipeline import (add_lora, denoiser, frozen_modules, image_size, load_pipeline, resolve_model,
-                                    save_lora)
+from diffrl.models.pipeline import (add_lora, denoiser, denoiser_name, frozen_modules, image_size, load_pipeline,
+                                    resolve_model, save_lora)
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
@@ -152,7 +152,7 @@ def start_run(config: Config, resume: bool) -> RunState:
         train_gen=torch.Generator().manual_seed(r.seed * 104729 + 1),  # same on every rank
         timesteps=timesteps, prev_timesteps=prev_timesteps, step_stds=step_stds,
         latent_shape=(unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
-        uncond=encode_prompts(pipe, [""], device),
+        uncond=encode_prompts(pipe, [""], device, s.max_sequence_length),
         counters={"epoch": 0, "skipped_updates": 0, "nan_rewards": 0, "images_seen": 0, "consecutive_skips": 0,
                   "best_eval": None},
     )
@@ -253,7 +253,8 @@ def write_config(out: Path, config: Config) -> None:
 
 
 def save(run: RunState) -> None:
-    """Checkpoint + LoRA export. Every rank reaches the same collectives; only the main process writes."""
+    """Checkpoint + export (lora/, or a full fine-tune's unet/ or SD3 transformer/). Every rank reaches the same
+    collectives; only the main process writes."""
     accelerator, out, config, counters = run.accelerator, run.out, run.config, run.counters
     prompt_states = gather_object([run.prompt_rng.bit_generator.state]) if accelerator.num_processes > 1 else \
         [run.prompt_rng.bit_generator.state]
@@ -271,7 +272,9 @@ def save(run: RunState) -> None:
             if config.model.lora:
                 ckpt.replace_dir(out / "lora", lambda tmp: save_lora(unet, tmp))
             else:
-                ckpt.replace_dir(out / "unet", lambda tmp: unet.save_pretrained(tmp, safe_serialization=True))
+                # Under the pipeline's own name (unet/, SD3's transformer/), as diffusers lays out a pipeline.
+                ckpt.replace_dir(out / denoiser_name(run.pipe),
+                                 lambda tmp: unet.save_pretrained(tmp, safe_serialization=True))
         except RunHalted as err:  # disk full: every rank must hear of it, or they would wait here forever
             error = err
     _, failed = agree(accelerator, 0, error is not None)  # also the barrier after the write

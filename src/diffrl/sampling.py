@@ -163,12 +163,22 @@ def ddim_timesteps(scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
     return timesteps, prev
 
 
+# StableDiffusion3Pipeline.encode_prompt's default T5 length (sample.max_sequence_length's default).
+SD3_MAX_SEQUENCE_LENGTH = 256
+
+
 @torch.no_grad()
-def encode_prompts(pipe, prompts: list[str], device) -> Tensor | PromptEmbeds:
-    """(P, L, D) text embeddings (SD3: with the pooled (P, D') ones, as PromptEmbeds), each prompt encoded once."""
+def encode_prompts(pipe, prompts: list[str], device,
+                   max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH) -> Tensor | PromptEmbeds:
+    """(P, L, D) text embeddings (SD3: with the pooled (P, D') ones, as PromptEmbeds), each prompt encoded once.
+
+    SD3: L = the CLIP tokens (77) + `max_sequence_length` T5 tokens (sample.max_sequence_length); SD's L is its
+    tokenizer's and `max_sequence_length` is ignored.
+    """
     if is_sd3(pipe):
         embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
+                                                  do_classifier_free_guidance=False,
+                                                  max_sequence_length=max_sequence_length)
         return PromptEmbeds(embeds.float(), pooled.float())
     embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
     return embeds

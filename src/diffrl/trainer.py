@@ -163,7 +163,8 @@ def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, 
     with run.accelerator.autocast():
         for _ in range(s.batches_per_epoch):
             batch = run.prompts.sample(run.prompt_rng, s.prompts_per_batch)
-            prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.accelerator.device)
+            prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.accelerator.device,
+                                           s.max_sequence_length)
             traj = sample_trajectories(run.policy, run.pipe.vae, prompt_embeds, run.uncond, s.k, run.timesteps,
                                        run.prev_timesteps, run.latent_shape, run.noise_gen, branch_step=branch_step,
                                        branches=branches(run.config))
@@ -256,7 +257,8 @@ def evaluate(run: RunState, tag: str) -> dict:
     run.policy.unet.eval()
     with run.accelerator.autocast():
         images, texts, metas = generate_fixed_seed(run.pipe, run.policy, run.held_out, r.eval_images_per_prompt,
-                                                   r.seed, run.config.sample.num_steps, run.latent_shape)
+                                                   r.seed, run.config.sample.num_steps, run.latent_shape,
+                                                   max_sequence_length=run.config.sample.max_sequence_length)
     run.policy.unet.train()
     error = None
     try:

@@ -22,8 +22,9 @@ def add_parser(subparsers) -> None:
                     "so every method sees the same noise (T2I-CompBench's protocol); score them; print per-category "
                     "and overall means with 95% t confidence intervals over prompts.")
     p.add_argument("--model", help="pipeline (default: the run's model when --lora is a run, else builtin:shapes)")
-    p.add_argument("--lora", metavar="RUN_OR_DIR", help="a run directory (its lora/ or unet/), a LoRA directory, "
-                                                        "or a UNet directory")
+    p.add_argument("--lora", metavar="RUN_OR_DIR", help="a run directory (its lora/, or the full fine-tune's unet/ "
+                                                        "or SD3 transformer/), a LoRA directory, or a UNet / SD3 "
+                                                        "transformer directory")
     p.add_argument("--prompts", help="prompt set (default: the run's held-out prompts, run.eval_prompts; without "
                                      "--lora RUN: shapes:color_binding_unseen-val)")
     p.add_argument("--reward", help="reward name(s), comma separated (default: the run's reward, else shapes); "
@@ -75,25 +76,31 @@ def held_out_prompts(config, run_dir: Path | None) -> tuple[str, list]:
     return SHAPES_HELD_OUT if shapes_world else f"{AUTO} (held out of {prompts})", split.held_out
 
 
+# A run's export: LoRA adapters, or a full fine-tune under the pipeline's component name (`unet`, SD3's `transformer`).
+# Older SD3 runs wrote their transformer under unet/: load_denoiser goes by the saved class, so those load too.
+RUN_EXPORTS = ("lora", "transformer", "unet")
+
+
 def load_weights(pipe, path: Path) -> str:
-    """Apply a run's lora/ or unet/, a LoRA directory, or a UNet directory to `pipe`; returns what was loaded."""
+    """Apply a run's lora/, transformer/ or unet/, a LoRA directory, or a full fine-tune's directory (a UNet, or SD3's
+    transformer) to `pipe`; returns what was loaded, as 'lora:DIR', 'unet:DIR' or 'transformer:DIR'."""
+    from diffrl.models.pipeline import denoiser_name, load_denoiser
     from diffrl.report import CONFIG_FILE
 
     if (path / CONFIG_FILE).is_file():
-        for sub in ("lora", "unet"):
+        for sub in RUN_EXPORTS:
             if (path / sub).is_dir():
                 return load_weights(pipe, path / sub)
-        raise DiffrlError(f"run {path} has neither lora/ nor unet/ (has it saved a checkpoint?)")
+        raise DiffrlError(f"run {path} has none of {', '.join(f'{s}/' for s in RUN_EXPORTS)} "
+                          "(has it saved a checkpoint?)")
     if (path / "pytorch_lora_weights.safetensors").is_file():
         pipe.load_lora_weights(str(path))
         return f"lora:{path}"
     if (path / "config.json").is_file():
-        from diffusers import UNet2DConditionModel
-
-        pipe.unet = UNet2DConditionModel.from_pretrained(str(path)).to(pipe.unet.device).eval()
-        return f"unet:{path}"
+        load_denoiser(pipe, path)
+        return f"{denoiser_name(pipe)}:{path}"
     raise DiffrlError(f"--lora {path}: not a run directory, a LoRA directory (pytorch_lora_weights.safetensors) "
-                      "or a UNet directory")
+                      "or a UNet / SD3 transformer directory")
 
 
 def per_prompt_means(scores: np.ndarray, images_per_prompt: int) -> np.ndarray:
@@ -178,7 +185,8 @@ def run(args) -> int:
                                                                      logprob_reduce="mean"))
     size = image_size(pipe, defaults.model.resolution)
     latent_shape = (network.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
-    images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape)
+    images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape,
+                                               max_sequence_length=defaults.sample.max_sequence_length)
     scores = score_images(images, texts, metas, rewards)
 
     categories = [m.get("category", "all") for m in metas[::n]]

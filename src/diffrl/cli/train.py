@@ -5,6 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
+from diffrl.config import preset_names
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError
 
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="training epochs (default: 60)")
     p.add_argument("--seed", type=int, help="seed (default: 0)")
     p.add_argument("--out", help="run directory (default: runs/<date>-<time>-<algo>)")
-    p.add_argument("--config", help="TOML/YAML config file or preset name (e.g. loop_sd2)")
+    p.add_argument("--config", help=f"TOML/YAML config file or preset name ({', '.join(preset_names())})")
     p.add_argument("--b2", action="store_true", help="turn on B2-DiffuRL (progressive steps + branch sampling)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.clip_range=0.1 (repeatable)")

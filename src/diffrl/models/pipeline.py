@@ -80,9 +80,39 @@ def load_pipeline(spec: str, revision: str | None = None):
     return pipe
 
 
+def denoiser_name(pipe) -> str:
+    """The pipeline component that is trained, 'transformer' (SD3) or 'unet': a full fine-tune is exported under
+    this name, so `from_pretrained(..., subfolder=name)` and `load_denoiser` find it where diffusers keeps it."""
+    return "transformer" if is_sd3(pipe) else "unet"
+
+
 def denoiser(pipe) -> torch.nn.Module:
     """The network that is trained: the UNet, or SD3's transformer."""
-    return pipe.transformer if is_sd3(pipe) else pipe.unet
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def load_denoiser(pipe, directory: str | Path) -> None:
+    """Replace `pipe`'s denoiser by a full fine-tune saved with `save_pretrained` in `directory`, frozen, in eval mode,
+    on the device of the one it replaces.
+
+    The saved class must be the pipeline's own (a UNet cannot stand in for SD3's transformer): checked first, so a
+    mismatch is one clear error rather than a pile of missing weights.
+    """
+    current = denoiser(pipe)
+    expected = type(current).__name__
+    try:
+        saved = json.loads((Path(directory) / "config.json").read_text()).get("_class_name")
+    except (OSError, ValueError) as err:
+        raise DiffrlError(f"cannot read {Path(directory) / 'config.json'}: {str(err).splitlines()[0]}") from None
+    if saved != expected:
+        raise DiffrlError(f"{directory} holds a {saved}, but this pipeline's {denoiser_name(pipe)} is a {expected}; "
+                          "evaluate it with the model it was fine-tuned from (--model)")
+    try:
+        network = type(current).from_pretrained(str(directory))
+    except (OSError, ValueError) as err:
+        raise DiffrlError(f"cannot load {directory}: {str(err).splitlines()[0]}") from None
+    network.requires_grad_(False)
+    setattr(pipe, denoiser_name(pipe), network.to(current.device).eval())
 
 
 def frozen_modules(pipe) -> list[torch.nn.Module]:
