@@ -79,3 +79,15 @@ def test_cli_report_on_a_tiny_model(tmp_path, capsys):
     assert (tmp_path / "report" / "grid.png").exists() and "unseen" in capsys.readouterr().out
     pretrain_args = parser.parse_args(["shapes", "pretrain", "--out", "x", "--unet-steps", "5", "--threads", "1"])
     assert pretrain_args.unet_steps == 5 and callable(pretrain_args.func)
+
+
+def test_category_weights_option_parses_and_rejects():
+    import argparse
+
+    from diffrl.shapes.cli import _category_weights
+
+    assert _category_weights("color_binding=0, spatial=2") == {"single": 1.0, "color_binding": 0.0, "counting": 1.0,
+                                                                "spatial": 2.0}
+    for bad in ("colour=1", "spatial", "spatial=x", "spatial=-1", "single=0,color_binding=0,counting=0,spatial=0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _category_weights(bad)

@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="autoencoder optimizer steps")
     p.add_argument("--unet-steps", type=int, default=defaults.unet_steps, help="UNet + text encoder optimizer steps")
+    p.add_argument("--category-weights", type=_category_weights, default=None, metavar="CAT=W,...",
+                   help="how often each category's train prompts are drawn, e.g. color_binding=0 (unnamed categories "
+                        "keep weight 1; default: all 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.set_defaults(func=_pretrain)
@@ -39,6 +42,24 @@ def register(subparsers) -> None:
     r.set_defaults(func=_report)
 
 
+def _category_weights(text: str) -> dict[str, float]:
+    """'color_binding=0,spatial=2' -> every category's weight (1 unless named); argparse turns errors into usage."""
+    from diffrl.shapes.world import CATEGORIES
+
+    weights = dict.fromkeys(CATEGORIES, 1.0)
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in weights:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected CATEGORY=WEIGHT with CATEGORY one of {CATEGORIES}")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: the weight must be a number") from None
+    if min(weights.values()) < 0 or sum(weights.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: weights must be >= 0 with a positive sum")
+    return weights
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -50,6 +71,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import pretrain
 
     cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps)
+    if args.category_weights:
+        cfg.category_weights = args.category_weights
     out = pretrain(args.out, cfg, progress=not args.no_progress, threads=args.threads)
     print(f"saved pipeline to {out}")
     return 0
