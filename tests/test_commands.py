@@ -84,6 +84,47 @@ def test_evaluate_same_seed_same_images(evaluated):
     assert a == b and a != c
 
 
+def test_evaluate_eta_zero_is_plain_diffusers_ddim(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """--eta 0 is StableDiffusionPipeline's sampler with a DDIMScheduler at its default eta 0: deterministic, and from
+    the same initial latents (passed as latents=) the same final latents and images. Its log-probs are never computed,
+    so no NaN/inf warning either."""
+    import warnings
+
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    import diffrl.evaluation
+    from diffrl.sampling import sample_trajectories
+
+    sampled = []  # the trajectories `evaluate` draws, to read x_T and x_0 from
+
+    def recorded(*args, **kwargs):
+        sampled.append(sample_trajectories(*args, **kwargs))
+        return sampled[-1]
+
+    monkeypatch.setattr(diffrl.evaluation, "sample_trajectories", recorded)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for name in "ab":
+            assert _evaluate(tiny_pipeline_dir, tmp_path / name, "--eta", "0", "--steps", "4", "--guidance", "3") == 0
+    a, b = (json.loads((tmp_path / n / "results.json").read_text()) for n in "ab")
+    assert a["sampling"] == {"num_steps": 4, "guidance_scale": 3.0, "eta": 0.0}
+    assert {**a, "wall_s": 0} == {**b, "wall_s": 0}
+    assert (tmp_path / "a" / "grid.png").read_bytes() == (tmp_path / "b" / "grid.png").read_bytes()
+    first, second = sampled
+    assert torch.equal(first.latents, second.latents) and np.array_equal(first.images, second.images)
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    plain = dict(prompt=[p for p in BASE_SCORE for _ in range(2)], latents=first.latents[:, 0], num_inference_steps=4,
+                 guidance_scale=3.0, eta=0.0, height=16, width=16)  # prompt by prompt, as evaluate lays them out
+    torch.testing.assert_close(pipe(**plain, output_type="latent").images, first.latents[:, -1], rtol=1e-5, atol=1e-5)
+    images = (pipe(**plain, output_type="np").images * 255).round()
+    assert np.abs(images - first.images).max() <= 1  # uint8 rounding of the same floats
+
+
 # --------------------------------------------------------------------------- compare and report
 
 
@@ -208,6 +249,7 @@ def test_evaluate_full_finetune_run_loads_its_unet(tiny_pipeline_dir, prompt_fil
     (["compare", "--algos", "loop:k", "--budget", "8"], "expected ALGO:k=N"),
     (["report", "{tmp}"], "is not a diffrl run directory"),
     (["evaluate", "--lora", "{tmp}"], "not a run directory"),
+    (["evaluate", "--eta", "-1"], "--eta and --guidance >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

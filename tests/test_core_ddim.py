@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from diffusers import DDIMScheduler
 
@@ -67,7 +68,7 @@ def test_gaussian_kl_hand_computed_and_matches_torch():
     torch.testing.assert_close(gaussian_kl(mean, ref, std, "sum"), torch.distributions.kl_divergence(p, q).sum(-1))
 
 
-def test_log_prob_of_mean_is_highest_and_eta_zero_refused():
+def test_log_prob_of_mean_is_highest():
     scheduler = make_scheduler()
     sample, eps = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
     t, prev = torch.tensor([501]), torch.tensor([401])
@@ -75,12 +76,31 @@ def test_log_prob_of_mean_is_highest_and_eta_zero_refused():
     at_mean = ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod,
                                       1.0, prev_sample=step.mean)
     assert at_mean.log_prob.item() > step.log_prob.item()
-    try:
-        ddim_step_with_log_prob(eps, t, prev, sample, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 0.0)
-    except ValueError as err:
-        assert "eta" in str(err)
-    else:
-        raise AssertionError("eta = 0 must be refused")
+
+
+def test_eta_zero_is_diffusers_deterministic_ddim_over_the_whole_schedule():
+    scheduler = make_scheduler()
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 4, 4)
+    for t in scheduler.timesteps:
+        eps = torch.randn(2, 4, 4, 4)
+        expected = scheduler.step(eps, t, sample, eta=0.0).prev_sample
+        prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+        ours = ddim_step_with_log_prob(eps, t.expand(2), prev_t.expand(2), sample, scheduler.alphas_cumprod,
+                                       scheduler.final_alpha_cumprod, 0.0, noise=torch.randn_like(sample))
+        torch.testing.assert_close(ours.prev_sample, expected, rtol=1e-6, atol=1e-6)
+        assert (ours.std == 0).all() and ours.log_prob.isnan().all()  # a point mass has no density
+        sample = expected
+
+
+def test_eta_zero_refuses_to_score_and_negative_eta_is_refused():
+    scheduler = make_scheduler()
+    x, t, prev = torch.randn(1, 4, 2, 2), torch.tensor([501]), torch.tensor([401])
+    table = (scheduler.alphas_cumprod, scheduler.final_alpha_cumprod)
+    with pytest.raises(ValueError, match="eta = 0"):
+        ddim_step_with_log_prob(x, t, prev, x, *table, 0.0, prev_sample=x)
+    with pytest.raises(ValueError, match="eta must be >= 0"):
+        ddim_step_with_log_prob(x, t, prev, x, *table, -1.0)
 
 
 def test_v_prediction_converts_to_epsilon():

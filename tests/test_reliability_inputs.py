@@ -77,6 +77,7 @@ def test_malformed_config_file_names_the_problem(name, content, message, tiny_pi
     (["--config", "/no/such/file.toml"], "config file not found"),
     (["--set", "train.algo"], "--set expects section.key=value"),
     (["--set", "run.early_stop_drop=-1"], "run.early_stop_drop must be > 0"),
+    (["--set", "sample.eta=0"], "sample.eta must be > 0 (eta = 0 is deterministic and has no log-probability)"),
     (["--set", "train.minibatches=3"], "does not divide"),
 ])
 def test_bad_config_on_the_command_line(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):

@@ -21,7 +21,8 @@ from diffrl.models.pipeline import is_sd3
 @dataclass
 class Trajectories:
     latents: Tensor  # (N, T+1, C, h, w)  x_T ... x_0 in sampling order
-    log_probs: Tensor  # (N, T)  log pi_old of each step, stored at sampling time
+    log_probs: Tensor  # (N, T)  log pi_old of each step, stored at sampling time (NaN at zero noise: a point mass
+    #                    has none; eta = 0 / flow_noise_level = 0 is for evaluation, which never reads them)
     timesteps: Tensor  # (T,)  scheduler timesteps, descending (flow models: sigmas in (0, 1])
     prev_timesteps: Tensor  # (T,)  the timestep each step lands on (-1 after the last; flow: the next sigma, 0 last)
     prompt_index: Tensor  # (N,)  row of the prompt embedding of each sample

@@ -34,7 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed shared by every method (default 0)")
     p.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.num_steps, else the config default)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's, else the config's)")
-    p.add_argument("--eta", type=float, help="DDIM eta (default: the run's, else the config's)")
+    p.add_argument("--eta", type=float, help="DDIM eta >= 0 (default: the run's, else the config's); 0 is the "
+                                             "deterministic sampler plain diffusers uses by default (DDIMScheduler, "
+                                             "eta 0). SD3 samples with the run's sample.flow_noise_level instead")
     p.add_argument("--out", type=Path, help="output dir for results.json + grid.png (default: RUN/evaluate "
                                             "or runs/evaluate)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -156,8 +158,8 @@ def run(args) -> int:
     steps = defaults.sample.num_steps if args.steps is None else args.steps
     guidance = defaults.sample.guidance_scale if args.guidance is None else args.guidance
     eta = defaults.sample.eta if args.eta is None else args.eta
-    if n < 1 or steps < 1 or eta <= 0 or guidance < 0:
-        raise DiffrlError("--images-per-prompt and --steps must be >= 1, --eta > 0, --guidance >= 0")
+    if n < 1 or steps < 1 or eta < 0 or guidance < 0:  # eta 0 (deterministic) is fine: evaluation needs no log-prob
+        raise DiffrlError("--images-per-prompt and --steps must be >= 1, --eta and --guidance >= 0")
     if args.prompts:
         prompt_spec, prompts = args.prompts, load_prompts(args.prompts).all()
     else:

@@ -12,6 +12,8 @@ Notation (algorithms.md section 1):  abar_t = alphas_cumprod[t],
     sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
     mu      = sqrt(abar_prev) x0_pred + sqrt(1 - abar_prev - sigma_t^2) eps
     x_{t-1} ~ N(mu, sigma_t^2 I)
+eta = 0 is diffusers' default DDIM sampler, deterministic: x_{t-1} = mu, a point mass with no log-density
+(evaluation only; the policy gradient needs eta > 0).
 """
 from __future__ import annotations
 
@@ -64,6 +66,28 @@ def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor, reduce: Reduce = "m
     kl = (mean - ref_mean) ** 2 / (2 * std**2)
     dims = tuple(range(1, mean.ndim))
     return kl.mean(dim=dims) if reduce == "mean" else kl.sum(dim=dims)
+
+
+def gaussian_action(mean: Tensor, std: Tensor, deterministic: bool, prev_sample: Tensor | None = None,
+                    generator: torch.Generator | None = None, noise: Tensor | None = None,
+                    reduce: Reduce = "mean") -> StepResult:
+    """The action of a step with mean `mean` and std `std`, and its log-density: `prev_sample` when given (training
+    re-evaluates stored actions), else mean + std * noise (noise from `noise`, else drawn from `generator`).
+
+    `deterministic` (zero noise: DDIM eta = 0, flow noise_level = 0): the action is the mean and the log-prob NaN,
+    since a point mass has no density; returned as is, not computed, so no log(0) or 0/0 is ever evaluated.
+    """
+    if deterministic:
+        return StepResult(mean, torch.full(mean.shape[:1], float("nan"), device=mean.device, dtype=mean.dtype),
+                          mean, std)
+    if prev_sample is None:
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator,
+                                device=generator.device if generator else mean.device, dtype=mean.dtype)
+        prev_sample = mean + std * noise.to(mean.device, mean.dtype)
+    # The action is data, not a function of the parameters: only mu carries gradients.
+    log_prob = gaussian_log_prob(prev_sample.detach().to(mean.dtype), mean, std, reduce)
+    return StepResult(prev_sample, log_prob, mean, std)
 
 
 def noise_std(abar_t: Tensor, abar_prev: Tensor, eta: float) -> Tensor:
@@ -119,13 +143,17 @@ def ddim_step_with_log_prob(
         sample: (B, C, h, w) x_t.
         alphas_cumprod: (num_train_timesteps,) the scheduler's abar table.
         final_alpha_cumprod: abar used when prev_timestep < 0 (diffusers' `final_alpha_cumprod`).
-        eta: DDIM stochasticity; must be > 0 for a log-density to exist.
+        eta: DDIM stochasticity, >= 0. 0 is the deterministic DDIM step (diffusers' default): prev_sample = mu,
+            noise ignored, log_prob NaN (a point mass has no density), and scoring a given prev_sample raises
+            ValueError.
         prev_sample: x_{t-1} to score instead of drawing one (training re-evaluates stored actions).
         generator: randomness for drawing x_{t-1}.
         noise: (B, C, h, w) standard normal noise to draw x_{t-1} = mu + sigma * noise with, instead of `generator`.
     """
-    if eta <= 0:
-        raise ValueError("eta must be > 0: with eta = 0 DDIM is deterministic and has no log-probability")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta == 0 and prev_sample is not None:
+        raise ValueError("eta = 0 is the deterministic DDIM step: it has no log-probability to score with")
     shape = (-1, *([1] * (sample.ndim - 1)))  # (B, 1, 1, 1): broadcasts against (B, C, h, w)
     abar_t, abar_prev = (a.to(sample.device, sample.dtype).reshape(shape)
                          for a in abar_pair(timestep, prev_timestep, alphas_cumprod, final_alpha_cumprod))
@@ -134,12 +162,4 @@ def ddim_step_with_log_prob(
     x0_pred = predicted_x0(sample, eps, abar_t)
     std = noise_std(abar_t, abar_prev, eta)
     mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
-
-    if prev_sample is None:
-        if noise is None:
-            noise = torch.randn(sample.shape, generator=generator,
-                                device=generator.device if generator else sample.device, dtype=sample.dtype)
-        prev_sample = mean + std * noise.to(sample.device, sample.dtype)
-    # The action is data, not a function of the parameters: only mu carries gradients.
-    log_prob = gaussian_log_prob(prev_sample.detach(), mean, std, reduce)
-    return StepResult(prev_sample, log_prob, mean, std)
+    return gaussian_action(mean, std, eta == 0, prev_sample, generator, noise, reduce)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffrl.core.ddim import Reduce, StepResult, gaussian_log_prob
+from diffrl.core.ddim import Reduce, StepResult, gaussian_action
 
 
 def _as_batch(value: Tensor | float, like: Tensor) -> Tensor:
@@ -81,14 +81,4 @@ def flow_sde_step_with_log_prob(
             + model_output * (1 + sigma_t**2 * (1 - sigma) / (2 * sigma)) * dt)
     std = (sigma_t * (-dt).sqrt()).expand(sample.shape[0], *([1] * (sample.ndim - 1)))
 
-    if noise_level == 0:  # the Euler ODE step: a point mass, no density
-        return StepResult(mean, torch.full(sample.shape[:1], float("nan"), device=sample.device, dtype=dtype),
-                          mean, std)
-    if prev_sample is None:
-        if noise is None:
-            noise = torch.randn(sample.shape, generator=generator,
-                                device=generator.device if generator else sample.device, dtype=dtype)
-        prev_sample = mean + std * noise.to(sample.device, dtype)
-    # The action is data, not a function of the parameters: only mu carries gradients.
-    log_prob = gaussian_log_prob(prev_sample.detach().to(dtype), mean, std, reduce)
-    return StepResult(prev_sample, log_prob, mean, std)
+    return gaussian_action(mean, std, noise_level == 0, prev_sample, generator, noise, reduce)  # 0: Euler ODE step
