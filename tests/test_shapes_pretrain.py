@@ -86,8 +86,9 @@ def test_category_weights_option_parses_and_rejects():
 
     from diffrl.shapes.cli import _category_weights
 
-    assert _category_weights("color_binding=0, spatial=2") == {"single": 1.0, "color_binding": 0.0, "counting": 1.0,
-                                                                "spatial": 2.0}
+    assert _category_weights("color_binding=0.5, spatial=2") == {"single": 1.0, "color_binding": 0.5, "counting": 1.0,
+                                                                  "spatial": 2.0}
+    assert _category_weights("")["color_binding"] == 0.0  # the default: no color-binding prompts (docs/tuning.md)
     for bad in ("colour=1", "spatial", "spatial=x", "spatial=-1", "single=0,color_binding=0,counting=0,spatial=0"):
         with pytest.raises(argparse.ArgumentTypeError):
             _category_weights(bad)

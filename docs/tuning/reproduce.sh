@@ -5,34 +5,58 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=docs/tuning
+# Base models (section 6). The shipped model is `nocb` (PretrainConfig's defaults); sections 1-5 ran on `v1`, the
+# model shipped until 2026-11-30 (every category in pretraining), so their rows train with --model runs/pretrain/v1.
+declare -A PRETRAIN=(
+  [v1]="--category-weights color_binding=1"
+  [u2000]="--category-weights color_binding=1 --unet-steps 2000"
+  [u1200]="--category-weights color_binding=1 --unet-steps 1200"
+  [nocb]=""
+  [nocb_sp015]="--category-weights spatial=0.15"
+)
+V1="--model runs/pretrain/v1"
 OLD="--set train.clip_range=0.2 --set train.inner_epochs=1 --set train.minibatches=2 --set train.learning_rate=5e-4"
 REUSE="--set train.inner_epochs=4 --set train.minibatches=4"   # the new default for clipped estimators
 XATTN="--set model.lora_target_modules=attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0"
 HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard3 --set run.eval_images_per_prompt=16"
 SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
 declare -A RUNS=(
-  [old_defaults]="$OLD --epochs 60"
-  [overfit3]="$HARD3 $REUSE --set train.learning_rate=1e-3 --epochs 20"
-  [overfit3_lr1e-2]="$HARD3 $REUSE --set train.learning_rate=1e-2 --epochs 20"
-  [overfit3_lr1e-2_noclip]="$HARD3 $REUSE --set train.learning_rate=1e-2 --set train.clip_range=100 --epochs 20"
-  [cb_lead_succ]="$REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 30"
-  [cb_lr3e-3]="$REUSE --set train.learning_rate=3e-3 --epochs 30"
-  [cb_lr1e-2]="$REUSE --set train.learning_rate=1e-2 --epochs 30"
-  [cb_lr3e-3_kl1]="$REUSE --set train.learning_rate=3e-3 --set train.kl_coef=1 --epochs 30"
-  [cb_lr3e-3_kl10]="$REUSE --set train.learning_rate=3e-3 --set train.kl_coef=10 --epochs 30"
-  [cb_lr3e-3_k16p4]="$REUSE --set train.learning_rate=3e-3 --k 16 --set sample.prompts_per_batch=4 --epochs 30"
-  [cb_xattn_lr3e-3]="$REUSE --set train.learning_rate=3e-3 $XATTN --epochs 30"
-  [sp_lead_succ]="$SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 40"
-  [sp_first3_lr3e-3]="$SPATIAL $REUSE --set train.learning_rate=3e-3 --set train.first_steps=3 --reward shapes_success --epochs 40"
-  [sp_graded_first3_lr1e-3]="$SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.first_steps=3 --reward shapes_graded --epochs 30"
-  [demo]="--epochs 40"
-  [demo_s1]="--epochs 40 --seed 1"
-  [demo_lr5e-4]="--epochs 40 --set train.learning_rate=5e-4"
-  [demo_lr5e-4_s1]="--epochs 40 --seed 1 --set train.learning_rate=5e-4"
-  [old_defaults_s1]="$OLD --epochs 60 --seed 1"
+  [old_defaults]="$V1 $OLD --epochs 60"
+  [overfit3]="$V1 $HARD3 $REUSE --set train.learning_rate=1e-3 --epochs 20"
+  [overfit3_lr1e-2]="$V1 $HARD3 $REUSE --set train.learning_rate=1e-2 --epochs 20"
+  [overfit3_lr1e-2_noclip]="$V1 $HARD3 $REUSE --set train.learning_rate=1e-2 --set train.clip_range=100 --epochs 20"
+  [cb_lead_succ]="$V1 $REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 30"
+  [cb_lr3e-3]="$V1 $REUSE --set train.learning_rate=3e-3 --epochs 30"
+  [cb_lr1e-2]="$V1 $REUSE --set train.learning_rate=1e-2 --epochs 30"
+  [cb_lr3e-3_kl1]="$V1 $REUSE --set train.learning_rate=3e-3 --set train.kl_coef=1 --epochs 30"
+  [cb_lr3e-3_kl10]="$V1 $REUSE --set train.learning_rate=3e-3 --set train.kl_coef=10 --epochs 30"
+  [cb_lr3e-3_k16p4]="$V1 $REUSE --set train.learning_rate=3e-3 --k 16 --set sample.prompts_per_batch=4 --epochs 30"
+  [cb_xattn_lr3e-3]="$V1 $REUSE --set train.learning_rate=3e-3 $XATTN --epochs 30"
+  [sp_lead_succ]="$V1 $SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.clip_range=1e-3 --reward shapes_success --epochs 40"
+  [sp_first3_lr3e-3]="$V1 $SPATIAL $REUSE --set train.learning_rate=3e-3 --set train.first_steps=3 --reward shapes_success --epochs 40"
+  [sp_graded_first3_lr1e-3]="$V1 $SPATIAL $REUSE --set train.learning_rate=1e-3 --set train.first_steps=3 --reward shapes_graded --epochs 30"
+  [demo]="$V1 --epochs 40"
+  [demo_s1]="$V1 --epochs 40 --seed 1"
+  [demo_lr5e-4]="$V1 --epochs 40 --set train.learning_rate=5e-4"
+  [demo_lr5e-4_s1]="$V1 --epochs 40 --seed 1 --set train.learning_rate=5e-4"
+  [old_defaults_s1]="$V1 $OLD --epochs 60 --seed 1"
+  # section 6: the shipped base (builtin:shapes, = runs/pretrain/nocb)
+  [h_demo]="--epochs 40"
+  [h_demo80]="--epochs 80"
+  [h_lr2e-3]="--epochs 40 --set train.learning_rate=2e-3"
+  [h_succ]="--epochs 40 --reward shapes_success"
+  [h_1x1_lr3e-3]="--epochs 100 --set train.inner_epochs=1 --set train.minibatches=1 --set train.learning_rate=3e-3"
+  [h_xattn]="--epochs 40 $XATTN"
+  [h_cbtrain]="--epochs 40 --prompts shapes:color_binding_train --set run.eval_prompts=shapes:color_binding_unseen-val"
+  [h_tf05_e70]="--epochs 70 --set train.timestep_fraction=0.5"
 )
-names=("${@:-${!RUNS[@]}}")
+if (($#)); then names=("$@"); else names=("${!PRETRAIN[@]}" "${!RUNS[@]}"); fi  # base models first
 for name in "${names[@]}"; do
+  if [[ -v PRETRAIN[$name] ]]; then
+    # shellcheck disable=SC2086
+    [[ -f runs/pretrain/$name/pretrain_config.json ]] || diffrl shapes pretrain --out "runs/pretrain/$name" --threads 1 ${PRETRAIN[$name]}
+    continue
+  fi
   # shellcheck disable=SC2086
   diffrl train --out "runs/study/$name" --set run.threads=1 --set run.eval_every=5 --set run.progress=false ${RUNS[$name]}
 done

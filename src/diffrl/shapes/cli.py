@@ -24,8 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="autoencoder optimizer steps")
     p.add_argument("--unet-steps", type=int, default=defaults.unet_steps, help="UNet + text encoder optimizer steps")
     p.add_argument("--category-weights", type=_category_weights, default=None, metavar="CAT=W,...",
-                   help="how often each category's train prompts are drawn, e.g. color_binding=0 (unnamed categories "
-                        "keep weight 1; default: all 1)")
+                   help="how often each category's train prompts are drawn, e.g. color_binding=1 (unnamed categories "
+                        "keep their default: color_binding 0, the others 1)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.set_defaults(func=_pretrain)
@@ -43,14 +43,13 @@ def register(subparsers) -> None:
 
 
 def _category_weights(text: str) -> dict[str, float]:
-    """'color_binding=0,spatial=2' -> every category's weight (1 unless named); argparse turns errors into usage."""
-    from diffrl.shapes.world import CATEGORIES
-
-    weights = dict.fromkeys(CATEGORIES, 1.0)
+    """'color_binding=1,spatial=2' -> every category's weight (PretrainConfig's default unless named); argparse turns
+    errors into usage."""
+    weights = PretrainConfig().category_weights
     for item in filter(None, text.split(",")):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in weights:
-            raise argparse.ArgumentTypeError(f"{item!r}: expected CATEGORY=WEIGHT with CATEGORY one of {CATEGORIES}")
+            raise argparse.ArgumentTypeError(f"{item!r}: expected CATEGORY=WEIGHT with CATEGORY one of {tuple(weights)}")
         try:
             weights[name.strip()] = float(value)
         except ValueError:
