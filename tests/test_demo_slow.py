@@ -1,4 +1,4 @@
-"""Study-sized check (`make test-slow`, ~8 min on 2 cores): the demo as shipped keeps its trust region acting
+"""Study-sized check (`make test-slow`, ~9 min on 2 cores): the demo as shipped keeps its trust region acting
 and its held-out success from collapsing. (Its size is the point: the default suite's learning test is small.)"""
 import json
 

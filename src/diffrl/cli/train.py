@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from diffrl.config import preset_names
+from diffrl.config import Config, preset_names
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError
 
@@ -14,6 +14,12 @@ FLAGS = {
     "model": "model.pretrained", "reward": "run.reward", "algo": "train.algo", "k": "sample.k",
     "prompts": "run.prompts", "epochs": "run.epochs", "seed": "run.seed", "out": "run.out",
 }
+
+
+def flag_default(flag: str) -> object:
+    """The config default behind a flag (FLAGS), so `--help` cannot drift from the config."""
+    section, key = FLAGS[flag].split(".")
+    return getattr(getattr(Config(), section), key)
 
 
 def estimator_help() -> str:
@@ -29,13 +35,14 @@ def add_parser(subparsers) -> None:
         epilog="algorithms:\n" + estimator_help() + "\n\nrewards: see `diffrl rewards`. Any other setting: "
                "--set section.key=value (see docs/configuration.md), e.g. --set train.learning_rate=1e-4")
     p.add_argument("--model", help="pipeline: local diffusers dir, hub id, or builtin:shapes (default)")
-    p.add_argument("--reward", help="NAME[,NAME...] or module:function; NAME:WEIGHT to weight (default: shapes)")
-    p.add_argument("--algo", choices=list(ESTIMATORS), help="estimator (default: loop)")
-    p.add_argument("--k", type=int, help="images per prompt K (default: 4)")
+    p.add_argument("--reward", help="NAME[,NAME...] or module:function; NAME:WEIGHT to weight "
+                                    f"(default: {flag_default('reward')})")
+    p.add_argument("--algo", choices=list(ESTIMATORS), help=f"estimator (default: {flag_default('algo')})")
+    p.add_argument("--k", type=int, help=f"images per prompt K (default: {flag_default('k')})")
     p.add_argument("--prompts", help="prompt file, shapes:<category>_<split>, builtin:animals, t2i-compbench:..., or "
                                      "module:function (held-out prompts: run.eval_prompts, see `diffrl config`)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: 60)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--epochs", type=int, help=f"training epochs (default: {flag_default('epochs')})")
+    p.add_argument("--seed", type=int, help=f"seed (default: {flag_default('seed')})")
     p.add_argument("--out", help="run directory (default: runs/<date>-<time>-<algo>)")
     p.add_argument("--config", help=f"TOML/YAML config file or preset name ({', '.join(preset_names())})")
     p.add_argument("--b2", action="store_true", help="turn on B2-DiffuRL (progressive steps + branch sampling)")
