@@ -5,6 +5,9 @@
 # on a 2-core CPU. Every run: config defaults (built-in model, 10 DDIM steps, eta 1, guidance 3,
 # 16 prompts x K per epoch, LoRA rank 4, lr 5e-4, clip 0.2) and the same budget of 576 sampled images
 # (9 epochs at 64 images, 12 at 48, 18 at 32).
+# Those were the defaults and the base model of commit 2cc3481; the defaults (learning rate, clip range, update
+# schedule, 256 images per epoch) and the built-in model have changed since (docs/tuning.md), so the exact
+# numbers come from running this script in a checkout of 2cc3481: `git worktree add ../diffrl-2cc3481 2cc3481`.
 set -euo pipefail
 OUT=${OUT:-runs/figs}
 COMMON="--seeds 16,27,42 --budget 576 --k 4 --set run.eval_every=3 --set run.threads=1 --set run.progress=false"

@@ -46,7 +46,7 @@ class SampleConfig:
     eta: float = opt(1.0, "DDIM eta; > 0 makes each step a Gaussian policy.")
     guidance_scale: float = opt(3.0, "Classifier-free guidance weight w (DDPO: 5.0).")
     k: int = opt(4, "Images per prompt K (the leave-one-out / group size).")
-    prompts_per_batch: int = opt(16, "Prompts per sampling batch, per process (drawn with replacement).")
+    prompts_per_batch: int = opt(64, "Prompts per sampling batch, per process (drawn with replacement). 64 x K = 4: 256 images per epoch, 16 updates of 16 (docs/tuning.md).")
     batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
     flow_noise_level: float = opt(0.7, "Flow models (SD3) only: noise level a of Flow-GRPO's SDE sampler, step noise std a * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next); > 0 makes each step a Gaussian policy (Flow-GRPO: 0.7). sample.eta is the DDIM models' counterpart.")
@@ -56,13 +56,13 @@ class SampleConfig:
 @dataclass
 class TrainConfig:
     algo: str = opt("loop", "Estimator: " + ", ".join(ESTIMATORS) + ".")
-    learning_rate: float = opt(1e-3, "AdamW learning rate (DDPO on SD: 3e-4). ShapesWorld, LoRA rank 4 with 4 x 4 updates per batch: 1e-3; 3e-3 and 1e-2 drift and lose held-out success even inside the trust region (docs/tuning.md).")
+    learning_rate: float = opt(1e-3, "AdamW learning rate (DDPO on SD: 3e-4). ShapesWorld, LoRA rank 4, 16 updates of 16 samples per epoch: 1e-3; 3e-3 and 1e-2 drift and lose held-out success even inside the trust region (docs/tuning.md).")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
-    inner_epochs: int | None = opt(None, "Passes over each sampled batch; default 1 for reinforce* (on-policy, must be 1), 4 for the clipped estimators (ppo, loop, grpo), whose trust region makes sample reuse safe (docs/tuning.md).")
-    minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce*, 4 for the clipped estimators.")
+    inner_epochs: int | None = opt(None, "Passes over each sampled batch; default 1 (reinforce* are on-policy and must use 1). The clipped estimators (ppo, loop, grpo) may reuse samples under their trust region, but on ShapesWorld fresh samples learned more per second than 4 passes over fewer (docs/tuning.md).")
+    minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce* (on-policy), and for the clipped estimators one update per ~16 samples (samples per epoch // 16, lowered to a divisor; 16 at the defaults): every update after the first is off-policy, so their trust region acts even in one pass (docs/tuning.md).")
     chunk_size: int = opt(32, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks.")
     clip_range: float | None = opt(None, "PPO clip range epsilon. None: calibrated to the log-prob reduction and the latent size D, 0.015/sqrt(D) for 'mean' and 0.015*sqrt(D) for 'sum' (1e-3 on ShapesWorld's D = 256; DDPO's 1e-4 on SD's D = 16,384 is the same trust region; docs/tuning.md). A fixed value that is wrong for the reduction never clips (warned once per run).")
     kl_coef: float = opt(0.0, "Weight beta of a KL penalty toward the base model, beta * KL(pi_theta || pi_base) per trained step (LoRA only: the reference is the UNet with its adapters disabled; costs one more UNet forward per trained pair). 0: off.")
@@ -97,7 +97,7 @@ class B2Config:
 class RunConfig:
     out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
-    epochs: int = opt(40, "Training epochs (one epoch = sample, reward, update). Demo: 40 x 64 images with 4 x 4 updates each, 8-9 min on 2 CPU cores.")
+    epochs: int = opt(35, "Training epochs (one epoch = sample, reward, update). Demo: 35 x 256 images with 16 updates each, 9-10 min on 2 CPU cores.")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
     prompts: str = opt("shapes:color_binding_unseen-train", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts with color-shape combos the base model was not pretrained on.")
     eval_prompts: str | None = opt(AUTO, "Held-out prompts, evaluated before training, every eval_every epochs and at the end. 'auto' follows run.prompts: with ShapesWorld prompts (shapes:...) shapes:color_binding_unseen-val (the demo: the other half of the unseen color-binding pairs); with any other fixed set of at least 5 distinct prompts, a fixed-seed 20% of them (at least 1), which training then never samples; with fewer, or a prompt generator, none (said once at start). A prompt spec as for run.prompts: those prompts. None: off.")
@@ -399,23 +399,28 @@ def images_per_epoch(config: Config) -> int:
     return s.k * s.prompts_per_batch * s.batches_per_epoch * branches(config)
 
 
-# Sample reuse of the clipped estimators when train.inner_epochs / train.minibatches are unset: 4 passes x 4
-# updates per batch reached the old demo's held-out gain in half the images (docs/tuning.md).
-CLIPPED_INNER_EPOCHS = CLIPPED_MINIBATCHES = 4
+# Updates of the clipped estimators when train.minibatches is unset: one per ~16 fresh samples, one pass. On
+# ShapesWorld this learned more per second than 4 passes x 4 updates over a quarter of the samples: the
+# gradient is noise-bound, and reused samples repeat their noise (docs/tuning.md, section 7).
+CLIPPED_MINIBATCH_SIZE = 16
 
 
 def minibatches(config: Config) -> int:
     """Optimizer updates per inner epoch (the estimator's default when unset)."""
     if config.train.minibatches is not None:
         return config.train.minibatches
-    return CLIPPED_MINIBATCHES if ESTIMATORS[config.train.algo].clipped else 1
+    if not ESTIMATORS[config.train.algo].clipped:
+        return 1
+    samples = images_per_epoch(config)
+    count = max(1, samples // CLIPPED_MINIBATCH_SIZE)
+    while samples % count:  # the largest count <= samples // 16 that splits the batch evenly
+        count -= 1
+    return count
 
 
 def inner_epochs(config: Config) -> int:
-    """Passes over each sampled batch (the estimator's default when unset)."""
-    if config.train.inner_epochs is not None:
-        return config.train.inner_epochs
-    return CLIPPED_INNER_EPOCHS if ESTIMATORS[config.train.algo].clipped else 1
+    """Passes over each sampled batch (1 unless set: see CLIPPED_MINIBATCH_SIZE)."""
+    return config.train.inner_epochs if config.train.inner_epochs is not None else 1
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

@@ -1,0 +1,23 @@
+"""The default update schedule (config.minibatches / inner_epochs): pure functions of the config."""
+import pytest
+
+from diffrl.config import inner_epochs, load_config, minibatches
+
+
+@pytest.mark.parametrize("k, prompts, expected", [
+    (4, 64, 16),  # the defaults: 256 samples, 16 updates of 16
+    (2, 2, 1),    # 4 samples: fewer than 16, one update
+    (4, 10, 2),   # 40 samples: 40 // 16 = 2 divides
+    (4, 12, 3),   # 48 samples: 3 updates of 16
+    (5, 7, 1),    # 35 samples: 35 // 16 = 2 does not divide 35; the largest count below that does is 1
+    (3, 20, 3),   # 60 samples: 60 // 16 = 3 divides
+])
+def test_clipped_estimators_take_one_update_per_16_samples_in_one_pass(k, prompts, expected):
+    config = load_config(overrides={"sample.k": k, "sample.prompts_per_batch": prompts})
+    assert (minibatches(config), inner_epochs(config)) == (expected, 1)
+
+
+def test_on_policy_estimators_take_one_update_and_explicit_values_win():
+    assert minibatches(load_config(overrides={"train.algo": "reinforce"})) == 1
+    config = load_config(overrides={"train.minibatches": 4, "train.inner_epochs": 2})
+    assert (minibatches(config), inner_epochs(config)) == (4, 2)
