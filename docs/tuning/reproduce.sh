@@ -64,6 +64,8 @@ declare -A RUNS=(
   [h_fresh64_s4]="$FRESH --epochs 40 --seed 4"
   [h_fresh64_80]="$FRESH --epochs 80"
   [h_fresh64_eta05]="$FRESH --epochs 40 --set sample.eta=0.5"
+  [h_fresh64_loostd]="$FRESH --epochs 40 --set train.loo_std=group"
+  [h_fresh64_loostd_s1]="$FRESH --epochs 40 --set train.loo_std=group --seed 1"
   [h_fresh128]="$FRESH --set sample.prompts_per_batch=128 --epochs 30"
   [h_fresh128_s1]="$FRESH --set sample.prompts_per_batch=128 --epochs 30 --seed 1"
   [h_fresh64_lr2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3"
