@@ -1,8 +1,8 @@
 """Atomic checkpoints: written to a temporary directory, then renamed into place.
 
-A checkpoint holds the trainable weights (safetensors), the optimizer, the RNG states of
-every generator the loop uses, the per-prompt statistics and counters, so a resumed run
-continues exactly where the checkpoint was taken.
+A checkpoint holds the trainable weights (safetensors), the optimizer and its learning-rate schedule,
+the RNG states of every generator the loop uses, the per-prompt statistics and counters, so a resumed
+run continues exactly where the checkpoint was taken.
 
 Crash safety (docs/reliability.md): files are written into `epoch_XXXXX.tmp/`, fsynced, and the
 directory is renamed to `epoch_XXXXX` only when complete (`state.json` is written last). A kill or a
@@ -26,6 +26,7 @@ from diffrl.errors import DiffrlError, RunHalted
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"epoch_\d+")
+TORCH_FILES = ("torch_rng", "lr_scheduler")  # keys of the loop state saved with torch.save (rng.pt, lr_scheduler.pt)
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -69,7 +70,9 @@ def save_checkpoint(run_dir: Path, epoch: int, trainable: dict[str, torch.Tensor
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(state["torch_rng"], tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "torch_rng"}))
+        if "lr_scheduler" in state:
+            torch.save(state["lr_scheduler"], tmp / "lr_scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k not in TORCH_FILES}))
         for path in (*tmp.iterdir(), tmp):
             _fsync(path)
         if final.exists():  # the same epoch saved again: move the old one aside, never delete it first
@@ -110,9 +113,11 @@ def replace_dir(final: Path, write) -> None:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(trainable weights, optimizer state, loop state incl. 'torch_rng')."""
+    """(trainable weights, optimizer state, loop state incl. 'torch_rng' and, when saved, 'lr_scheduler')."""
     state = json.loads((path / "state.json").read_text())
     state["torch_rng"] = torch.load(path / "rng.pt", weights_only=False)
+    if (path / "lr_scheduler.pt").is_file():  # absent from checkpoints written before train.lr_schedule
+        state["lr_scheduler"] = torch.load(path / "lr_scheduler.pt", weights_only=False)
     optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
     return load_file(path / "trainable.safetensors"), optimizer_state, state
 

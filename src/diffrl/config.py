@@ -57,6 +57,8 @@ class SampleConfig:
 class TrainConfig:
     algo: str = opt("loop", "Estimator: " + ", ".join(ESTIMATORS) + ".")
     learning_rate: float = opt(1e-3, "AdamW learning rate (DDPO on SD: 3e-4). ShapesWorld, LoRA rank 4, 16 updates of 16 samples per epoch: 1e-3; 3e-3 and 1e-2 drift and lose held-out success even inside the trust region (docs/tuning.md).")
+    lr_schedule: str = opt("constant", "Learning-rate schedule over the run's optimizer updates (diffusers' get_scheduler): 'constant' keeps train.learning_rate; 'linear' and 'cosine' (a half cosine) anneal it to 0 at the last update of run.epochs, so that a long run stops drifting (at a fixed step the ShapesWorld demo's held-out success falls again past ~60 epochs; docs/tuning.md). The factor follows the count of applied updates (skipped ones do not advance it); with 'linear' or 'cosine' run.epochs may not change on resume (it sets the schedule's length).")
+    lr_warmup_updates: int = opt(0, "Optimizer updates of linear warmup from 0 to train.learning_rate before train.lr_schedule applies (diffusers' convention: the first update has factor 0). Warmup keeps the first updates, taken while AdamW's second-moment estimates rest on few gradients, from moving the weights far. 0: none.")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
@@ -267,6 +269,8 @@ def validate(config: Config) -> Config:
         (not estimator.needs_group or s.k >= 2 or config.b2.enabled,  # B2: the siblings are the group
          f"--algo {t.algo} needs K >= 2 images per prompt for its baseline (got sample.k={s.k})"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
+        (t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})"),
+        (t.lr_warmup_updates >= 0, "train.lr_warmup_updates must be >= 0"),
         (t.inner_epochs is None or t.inner_epochs >= 1, "train.inner_epochs must be >= 1"),
         (t.minibatches is None or t.minibatches >= 1, "train.minibatches must be >= 1"),
         (t.chunk_size >= 1, "train.chunk_size must be >= 1"),
@@ -326,6 +330,10 @@ def validate(config: Config) -> Config:
 
 
 OPTIMIZERS = ("adamw", "adamw8bit")
+# train.lr_schedule -> the name diffusers.optimization.get_scheduler knows it by (all three take a linear warmup).
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+ANNEALED_SCHEDULES = ("linear", "cosine")  # their length is the run's: run.epochs enters the math
+
 FROZEN_DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -376,6 +384,11 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
     old, now = flat(saved), flat(new)
     conflicts = [f"{key} ({old[key]!r} -> {now[key]!r})" for key in now
                  if key not in RESUMABLE_KEYS and old.get(key) != now[key] and not _both_nan(old.get(key), now[key])]
+    # run.epochs may change, unless it sets the length of an annealing learning-rate schedule (train.lr_schedule).
+    annealed = [c.train.lr_schedule for c in (saved, new) if c.train.lr_schedule in ANNEALED_SCHEDULES]
+    if annealed and saved.run.epochs != new.run.epochs:
+        conflicts.append(f"run.epochs ({saved.run.epochs!r} -> {new.run.epochs!r}: train.lr_schedule={annealed[0]} "
+                         "anneals the learning rate to 0 at the last epoch, so this changes the remaining updates)")
     # run.eval_prompts may change, unless the change adds or removes the prompts 'auto' holds out of training.
     held_out = [holds_out_training_prompts(c.run.prompts, c.run.eval_prompts) for c in (saved, new)]
     if held_out[0] != held_out[1] and not any(c.startswith("run.prompts ") for c in conflicts):
@@ -421,6 +434,12 @@ def minibatches(config: Config) -> int:
 def inner_epochs(config: Config) -> int:
     """Passes over each sampled batch (1 unless set: see CLIPPED_MINIBATCH_SIZE)."""
     return config.train.inner_epochs if config.train.inner_epochs is not None else 1
+
+
+def total_updates(config: Config) -> int:
+    """Optimizer updates of the whole run, per process (every rank takes each one): run.epochs x inner epochs x
+    minibatches. train.lr_schedule's 'linear' and 'cosine' reach 0 after this many applied updates."""
+    return config.run.epochs * inner_epochs(config) * minibatches(config)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:

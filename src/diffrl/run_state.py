@@ -2,8 +2,9 @@
 
 `RunState` holds everything an epoch reads or changes: the pipeline, the policy and its optimizer, the
 prompt source and rewards, the three random streams, the DDIM schedule, the statistics and counters.
-A checkpoint stores the parts that change (trainable weights, AdamW state, RNG states, statistics,
-counters); the rest is rebuilt from config.yaml, so a resumed run continues bit for bit.
+A checkpoint stores the parts that change (trainable weights, AdamW state, the learning-rate schedule's
+position, RNG states, statistics, counters); the rest is rebuilt from config.yaml, so a resumed run
+continues bit for bit.
 """
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from diffrl import checkpoint as ckpt
-from diffrl.config import (RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype, images_per_epoch,
-                           inner_epochs, load_config, minibatches, resume_conflicts, validate)
+from diffrl.config import (LR_SCHEDULES, RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype,
+                           images_per_epoch, inner_epochs, load_config, minibatches, resume_conflicts, total_updates,
+                           validate)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
@@ -51,6 +53,7 @@ class RunState:
     policy: Policy | FlowPolicy  # samples and evaluates with the bare UNet (SD3: transformer)
     train_policy: Policy | FlowPolicy  # trains through the accelerate-wrapped UNet, so DDP syncs the gradients
     optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # train.lr_schedule; steps once per applied optimizer step
     trainable: dict[str, torch.nn.Parameter]
     estimator: Estimator
     prompts: PromptSource  # training prompts (without the held-out ones)
@@ -126,6 +129,10 @@ def start_run(config: Config, resume: bool) -> RunState:
         if param.dtype != torch.float32:  # peft's adapters on a bf16/fp16 base layer
             param.data = param.data.float()
     optimizer = make_optimizer(t, trainable.values())
+    # On the bare optimizer, and not handed to accelerate: its AcceleratedScheduler would step num_processes times
+    # per call. Every rank takes every update (the same count, the same skips), so each rank steps its own
+    # schedule once per applied update and total_updates(config) is its length on any number of processes.
+    lr_scheduler = make_lr_scheduler(config, optimizer)
     # The module handed to accelerate is the one whose forward runs the UNet, so DDP syncs LoRA grads.
     wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
 
@@ -142,8 +149,9 @@ def start_run(config: Config, resume: bool) -> RunState:
 
     run = RunState(
         config=config, out=out, accelerator=accelerator, pipe=pipe, policy=policy,
-        train_policy=dataclasses.replace(policy, unet=wrapped_unet), optimizer=optimizer, trainable=trainable,
-        estimator=ESTIMATORS[t.algo], prompts=prompts.train, held_out=prompts.held_out, reward_fn=reward_fn,
+        train_policy=dataclasses.replace(policy, unet=wrapped_unet), optimizer=optimizer, lr_scheduler=lr_scheduler,
+        trainable=trainable, estimator=ESTIMATORS[t.algo], prompts=prompts.train, held_out=prompts.held_out,
+        reward_fn=reward_fn,
         eval_rewards={name: get_reward(name) for name in eval_reward_names(config, prompts.held_out)},
         tracker=PerPromptStatTracker(t.stat_buffer_size, t.stat_min_count),
         history=b2core.StageRewardHistory(b.history_stages),
@@ -168,6 +176,8 @@ def start_run(config: Config, resume: bool) -> RunState:
         print(f"diffrl: {estimator.name} ({estimator.summary}); {images_per_epoch(config) * world} images/epoch "
               f"({world} process(es)), {minibatches(config)} update(s) x {inner_epochs(config)} inner epoch(s)"
               + (f", clip range {resolved_clip_range(config, run.latent_shape):.3g}" if estimator.clipped else "")
+              + (f", lr schedule {t.lr_schedule} ({t.lr_warmup_updates} warmup of {total_updates(config)} updates)"
+                 if t.lr_schedule != "constant" or t.lr_warmup_updates else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")
@@ -199,6 +209,17 @@ def make_optimizer(t, params) -> torch.optim.Optimizer:
 
         return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
+
+
+def make_lr_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """train.lr_schedule as diffusers' get_scheduler builds it: factor u / W over the first W =
+    train.lr_warmup_updates updates, then 1 ('constant'), or down to 0 at update N = total_updates(config) along a
+    line ('linear') or a half cosine ('cosine'). Position u counts applied updates; u = 0 is the first update's."""
+    from diffusers.optimization import get_scheduler
+
+    t = config.train
+    return get_scheduler(LR_SCHEDULES[t.lr_schedule], optimizer, num_warmup_steps=t.lr_warmup_updates,
+                         num_training_steps=total_updates(config))
 
 
 def run_directory(config: Config, accelerator: Accelerator) -> Path:
@@ -264,7 +285,8 @@ def save(run: RunState) -> None:
     error = None
     if accelerator.is_main_process:
         state = {"counters": dict(counters), "tracker": run.tracker.state_dict(), "history": run.history.state_dict(),
-                 "prompt_rng": prompt_states, "torch_rng": {"noise": noise_states, "train": run.train_gen.get_state()}}
+                 "prompt_rng": prompt_states, "torch_rng": {"noise": noise_states, "train": run.train_gen.get_state()},
+                 "lr_scheduler": run.lr_scheduler.state_dict()}  # the same on every rank
         unet = run.policy.unet
         try:
             ckpt.save_checkpoint(out, counters["epoch"], dict(run.trainable), run.optimizer.state_dict(), state,
@@ -300,7 +322,12 @@ def restore(run: RunState) -> dict | None:
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name])
-    run.optimizer.load_state_dict(optimizer_state)
+    run.optimizer.load_state_dict(optimizer_state)  # its param groups hold the learning rate the schedule last set
+    if "lr_scheduler" in state:
+        run.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    # else: a checkpoint from before train.lr_schedule. Its run had the constant schedule without warmup (its
+    # config.yaml lacks both keys, so they load at their defaults, and resume_conflicts refuses to change them),
+    # whose factor is 1 at every update: the fresh scheduler just starts counting at this resume, at update 0.
     run.tracker.load_state_dict(state["tracker"])
     run.history.load_state_dict(state["history"])
     set_rng_states(run, (state["prompt_rng"][rank], state["torch_rng"]["noise"][rank], state["torch_rng"]["train"]))

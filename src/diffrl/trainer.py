@@ -104,6 +104,7 @@ def run_epoch(epoch: int, run: RunState) -> dict:
         "advantage_std": float(all_adv[keep].std()) if keep.any() else 0.0,
         "nan_rewards_total": counters["nan_rewards"], "skipped_updates_total": counters["skipped_updates"],
         "images_seen": counters["images_seen"],
+        "lr": run.lr_scheduler.get_last_lr()[0],  # after the epoch's updates: the next update's learning rate
         "sample_s": sampled - start, "reward_s": rewarded - sampled, "train_s": trained - rewarded,
         "images_per_s": len(all_rewards) / (trained - start),
         **extra_metrics(run),

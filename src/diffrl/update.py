@@ -70,6 +70,7 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
             finite = step_is_finite(run.accelerator, math.isfinite(step["loss"]), grad_norm)
             if finite:
                 run.optimizer.step()
+                run.lr_scheduler.step()  # the schedule counts applied updates only
                 for key, value in step.items():
                     sums[key] += value
                 sums["grad_norm"] += float(grad_norm)
