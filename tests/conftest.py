@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random Stable Diffusion pipelines built from configs (no hub, no download)."""
+"""Shared fixtures: tiny random Stable Diffusion (SD 1.x/2.x and SD3) pipelines built from configs (no hub, no
+download)."""
 from __future__ import annotations
 
 import os
@@ -19,6 +20,16 @@ def tiny_pipeline_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_sd")
     build_tiny_pipeline(directory, WORDS, sample_size=16, block_channels=(16, 32), cross_attention_dim=16,
                         vae_channels=(16, 32), seed=0)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(tmp_path_factory):
+    """A random SD3-architecture pipeline (models.tiny_sd3) saved with save_pretrained."""
+    from diffrl.models.tiny_sd3 import tiny_sd3_pipeline
+
+    directory = tmp_path_factory.mktemp("tiny_sd3")
+    tiny_sd3_pipeline().save_pretrained(directory)
     return directory
 
 

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.parametrize("algo", ["ppo", "loop"])
-def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file, tmp_path, algo):
+@pytest.mark.parametrize("algo, extra", [("ppo", []), ("loop", []),
+                                         ("loop", ["--set", "model.train_text_encoder=true"])],  # its grads synced too
+                         ids=["ppo", "loop", "loop-text-encoder"])
+def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file, tmp_path, algo, extra):
     out = tmp_path / "dist"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000 + len(algo)),
+    port = 29500 + os.getpid() % 1000 + len(algo) + len(extra)
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "diffrl.cli", "train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file),
            "--reward", "brightness", "--algo", algo, "--epochs", "2", "--out", str(out), "--k", "2",
            "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
-           "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2"]
+           "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2", *extra]
     # A hang guard, not a timing check: on a shared 2-core machine two processes took over 4 minutes once.
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

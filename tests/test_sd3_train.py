@@ -15,15 +15,6 @@ FAST = ["--reward", "brightness", "--set", "sample.num_steps=3", "--set", "sampl
 
 
 @pytest.fixture(scope="session")
-def sd3_dir(tmp_path_factory):
-    from diffrl.models.tiny_sd3 import tiny_sd3_pipeline
-
-    directory = tmp_path_factory.mktemp("tiny_sd3")
-    tiny_sd3_pipeline().save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
 def sd3_prompts(tmp_path_factory):
     path = tmp_path_factory.mktemp("sd3_prompts") / "prompts.txt"
     path.write_text("a red circle\na blue square\na green triangle\n")  # words of tiny_sd3.WORDS

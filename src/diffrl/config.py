@@ -38,6 +38,7 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
     lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "Modules of the UNet (SD3: the transformer) that get LoRA adapters (peft target_modules: names or name suffixes).")
     resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
+    train_text_encoder: bool = opt(False, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), this learned faster (docs/tuning.md, section 8; TextCraftor, Li et al., CVPR 2024).")
 
 
 @dataclass
@@ -292,6 +293,8 @@ def validate(config: Config) -> Config:
          f"autocast; got train.mixed_precision={t.mixed_precision})"),
         (t.stat_buffer_size >= 1 and t.stat_min_count >= 1, "train.stat_buffer_size and stat_min_count must be >= 1"),
         (config.model.lora_rank >= 1, "model.lora_rank must be >= 1"),
+        (not config.model.train_text_encoder or config.model.lora,
+         "model.train_text_encoder needs model.lora = true (the text encoder is trained through LoRA adapters)"),
         (r.epochs >= 0, "run.epochs must be >= 0"),
         (r.image_every >= 1 and r.save_every >= 1, "run.image_every and run.save_every must be >= 1"),
         (r.eval_every >= 0, "run.eval_every must be >= 0"),

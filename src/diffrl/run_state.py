@@ -31,8 +31,8 @@ from diffrl.core.ddim import trained_steps
 from diffrl.core.estimators import ESTIMATORS, Estimator
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
-from diffrl.models.pipeline import (add_lora, denoiser, denoiser_name, frozen_modules, image_size, load_pipeline,
-                                    resolve_model, save_lora)
+from diffrl.models.pipeline import (add_lora, add_text_encoder_lora, denoiser, denoiser_name, frozen_modules,
+                                    image_size, is_sd3, load_pipeline, resolve_model, save_lora)
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
@@ -52,6 +52,9 @@ class RunState:
     pipe: Any  # the diffusers pipeline: frozen VAE and text encoder(s); its UNet (SD3: transformer) is trained
     policy: Policy | FlowPolicy  # samples and evaluates with the bare UNet (SD3: transformer)
     train_policy: Policy | FlowPolicy  # trains through the accelerate-wrapped UNet, so DDP syncs the gradients
+    # model.train_text_encoder: the accelerate-wrapped pipe.text_encoder (with LoRA) that training chunks encode
+    # through, so DDP syncs its gradients too; sampling and evaluation use pipe.text_encoder. None: frozen.
+    train_text_encoder: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler  # train.lr_schedule; steps once per applied optimizer step
     trainable: dict[str, torch.nn.Parameter]
@@ -109,6 +112,9 @@ def start_run(config: Config, resume: bool) -> RunState:
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
+    if config.model.train_text_encoder and is_sd3(pipe):
+        raise DiffrlError("model.train_text_encoder is for SD 1.x/2.x pipelines (one CLIP text encoder); "
+                          f"{config.model.pretrained} is an SD3 pipeline: set model.train_text_encoder=false")
     unet = denoiser(pipe)  # SD3: the transformer
     # train.frozen_dtype ('auto': the mixed-precision dtype on a GPU, fp32 on CPU). Frozen weights in half
     # precision save memory (as DDPO); LoRA adapters stay fp32 (peft 0.21 creates them in the base layer's dtype:
@@ -125,6 +131,11 @@ def start_run(config: Config, resume: bool) -> RunState:
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # diffusers ModelMixin; recomputes activations in backward
     trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    text_encoder = pipe.text_encoder if config.model.train_text_encoder else None
+    if text_encoder is not None:
+        add_text_encoder_lora(text_encoder, config.model.lora_rank, config.model.lora_alpha)
+        text_encoder.eval()  # peft's new layers too: sampling and training must encode alike
+        trainable |= {f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if p.requires_grad}
     for name, param in trainable.items():
         if param.dtype != torch.float32:  # peft's adapters on a bf16/fp16 base layer
             param.data = param.data.float()
@@ -133,8 +144,13 @@ def start_run(config: Config, resume: bool) -> RunState:
     # per call. Every rank takes every update (the same count, the same skips), so each rank steps its own
     # schedule once per applied update and total_updates(config) is its length on any number of processes.
     lr_scheduler = make_lr_scheduler(config, optimizer)
-    # The module handed to accelerate is the one whose forward runs the UNet, so DDP syncs LoRA grads.
-    wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
+    # The modules handed to accelerate are the ones whose forward runs in training (the UNet, and a trained text
+    # encoder), so DDP syncs their LoRA grads.
+    wrapped_text_encoder = None
+    if text_encoder is not None:
+        wrapped_unet, wrapped_text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+    else:
+        wrapped_unet, optimizer = accelerator.prepare(unet, optimizer)
 
     policy = make_policy(pipe, unet, device, s)
     timesteps, prev_timesteps = policy.schedule(pipe.scheduler, s.num_steps, device)
@@ -149,7 +165,8 @@ def start_run(config: Config, resume: bool) -> RunState:
 
     run = RunState(
         config=config, out=out, accelerator=accelerator, pipe=pipe, policy=policy,
-        train_policy=dataclasses.replace(policy, unet=wrapped_unet), optimizer=optimizer, lr_scheduler=lr_scheduler,
+        train_policy=dataclasses.replace(policy, unet=wrapped_unet), train_text_encoder=wrapped_text_encoder,
+        optimizer=optimizer, lr_scheduler=lr_scheduler,
         trainable=trainable, estimator=ESTIMATORS[t.algo], prompts=prompts.train, held_out=prompts.held_out,
         reward_fn=reward_fn,
         eval_rewards={name: get_reward(name) for name in eval_reward_names(config, prompts.held_out)},
@@ -160,7 +177,7 @@ def start_run(config: Config, resume: bool) -> RunState:
         train_gen=torch.Generator().manual_seed(r.seed * 104729 + 1),  # same on every rank
         timesteps=timesteps, prev_timesteps=prev_timesteps, step_stds=step_stds,
         latent_shape=(unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
-        uncond=encode_prompts(pipe, [""], device, s.max_sequence_length),
+        uncond=encode_prompts(pipe, [""], device, s.max_sequence_length),  # re-encoded each epoch if trained
         counters={"epoch": 0, "skipped_updates": 0, "nan_rewards": 0, "images_seen": 0, "consecutive_skips": 0,
                   "best_eval": None},
     )
@@ -292,7 +309,8 @@ def save(run: RunState) -> None:
             ckpt.save_checkpoint(out, counters["epoch"], dict(run.trainable), run.optimizer.state_dict(), state,
                                  config.run.keep_checkpoints)
             if config.model.lora:
-                ckpt.replace_dir(out / "lora", lambda tmp: save_lora(unet, tmp))
+                text_encoder = run.pipe.text_encoder if run.train_text_encoder is not None else None
+                ckpt.replace_dir(out / "lora", lambda tmp: save_lora(unet, tmp, text_encoder))
             else:
                 # Under the pipeline's own name (unet/, SD3's transformer/), as diffusers lays out a pipeline.
                 ckpt.replace_dir(out / denoiser_name(run.pipe),

@@ -185,6 +185,18 @@ def encode_prompts(pipe, prompts: list[str], device,
     return embeds
 
 
+def encode_prompts_trainable(tokenizer, text_encoder: torch.nn.Module, prompts: list[str], device) -> Tensor:
+    """(P, L, D) SD 1.x/2.x text embeddings through `text_encoder` (maybe DDP-wrapped), with gradient: what
+    `pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)[0]` computes (no clip skip), for
+    model.train_text_encoder's training chunks."""
+    module = getattr(text_encoder, "module", text_encoder)  # DDP keeps the config and dtype on the module it wraps
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    mask = tokens.attention_mask.to(device) if getattr(module.config, "use_attention_mask", False) else None
+    embeds = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]  # the last hidden state
+    return embeds.to(module.dtype)
+
+
 @torch.no_grad()
 def decode_images(vae, latents: Tensor, chunk: int = 64) -> np.ndarray:
     """x_0 latents (N, C, h, w) -> uint8 images (N, H, W, 3). SD3's VAE also shifts: z / scale + shift."""

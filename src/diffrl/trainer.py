@@ -89,7 +89,8 @@ def run_epoch(epoch: int, run: RunState) -> dict:
         rank, device = run.accelerator.process_index, run.accelerator.device
         mine = slice(rank * len(traj), (rank + 1) * len(traj))  # this rank's slice of the gathered samples
         batch = Batch(traj, embeds, advantages=torch.as_tensor(all_adv[mine], dtype=torch.float32, device=device),
-                      selected=torch.nonzero(torch.as_tensor(keep[mine])).reshape(-1), steps=steps)
+                      selected=torch.nonzero(torch.as_tensor(keep[mine])).reshape(-1), steps=steps,
+                      prompts=texts[::run.config.sample.k * branches(run.config)])  # sampling's sample layout
         metrics.update(update(run, batch, loss_fn=pair_loss))  # this module's pair_loss: tests swap it
     else:  # not one finite reward on any rank: nothing to learn from; counts as one skipped update
         metrics["updates"] = 0
@@ -162,6 +163,8 @@ def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, 
     offset = 0
     run.policy.unet.eval()
     with run.accelerator.autocast():
+        if run.train_text_encoder is not None:  # guidance's empty prompt under this epoch's text encoder
+            run.uncond = encode_prompts(run.pipe, [""], run.accelerator.device)
         for _ in range(s.batches_per_epoch):
             batch = run.prompts.sample(run.prompt_rng, s.prompts_per_batch)
             prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.accelerator.device,

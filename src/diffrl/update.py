@@ -4,13 +4,14 @@ Each optimizer step trains a minibatch of samples, each on a random subset of it
 steps (DDPO's `train.timestep_fraction`): the (sample, step) pairs are re-evaluated under the current
 policy in chunks of `train.chunk_size` (`pair_loss`: one UNet call per chunk, plus one without the LoRA
 adapters for the KL penalty `train.kl_coef`), their loss averaged, and the gradient applied only if
-the loss and the gradient norm are finite on every rank (the skip guard's `count_update`).
+the loss and the gradient norm are finite on every rank (the skip guard's `count_update`). With
+`model.train_text_encoder` each chunk first re-encodes its prompts, with gradient, through the text encoder.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ import torch
 from diffrl.config import Config, inner_epochs, minibatches
 from diffrl.core.ddim import gaussian_kl
 from diffrl.core.losses import calibrated_clip_range
-from diffrl.sampling import PromptEmbeds, Trajectories
+from diffrl.sampling import PromptEmbeds, Trajectories, encode_prompts_trainable
 
 if TYPE_CHECKING:
     from diffrl.run_state import RunState
@@ -37,6 +38,7 @@ class Batch:
     advantages: torch.Tensor  # (N,) one per sample
     selected: torch.Tensor  # indices of the samples to train on (finite reward, B2's sibling selection)
     steps: torch.Tensor  # the denoising steps that may be trained
+    prompts: list[str] | None = None  # the text of each row of embeds (model.train_text_encoder re-encodes them)
 
 
 @dataclass
@@ -102,8 +104,10 @@ def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_
     step = dict.fromkeys(AVERAGED, 0.0)
     low, high = math.inf, -math.inf
     for i, (ps, pt) in enumerate(chunks):
-        sync = i == len(chunks) - 1
-        with accelerator.no_sync(run.train_policy.unet) if not sync else nullcontext():
+        with ExitStack() as stack:
+            if i < len(chunks) - 1:  # DDP all-reduces the gradients once, in the last chunk's backward
+                for model in filter(None, (run.train_policy.unet, run.train_text_encoder)):
+                    stack.enter_context(accelerator.no_sync(model))
             terms, kl = loss_fn(run, batch, ps, pt, clip_range)
             loss = terms.loss + kl_coef * kl if kl_coef else terms.loss
             # backward even on a non-finite loss: every rank must reach DDP's gradient all-reduce
@@ -119,31 +123,55 @@ def pair_loss(run: RunState, batch: Batch, sample_ids: torch.Tensor, step_ids: t
     """Re-evaluate log pi_theta of stored actions for a chunk of (sample, step) pairs in one UNet call.
 
     Returns the estimator's loss terms and the mean KL of each step's Gaussian to the base model's (0 unless
-    train.kl_coef > 0: the reference is the same UNet with its LoRA adapters disabled, so no second copy is held).
+    train.kl_coef > 0: the reference is the same UNet, and the text encoder if trained, with their LoRA adapters
+    disabled, so no second copy is held).
     """
     accelerator, policy, traj = run.accelerator, run.train_policy, batch.traj
     device = accelerator.device
     sample_ids, step_ids = sample_ids.to(device), step_ids.to(device)
     x_t = traj.latents[sample_ids, step_ids]  # (M, C, h, w)
     x_prev = traj.latents[sample_ids, step_ids + 1]
-    n = len(sample_ids)
-    inputs = (x_t, traj.timesteps[step_ids], traj.prev_timesteps[step_ids], batch.embeds[traj.prompt_index[sample_ids]],
-              run.uncond.expand(n, -1, -1))
+    rows = traj.prompt_index[sample_ids]
+    step_args = (x_t, traj.timesteps[step_ids], traj.prev_timesteps[step_ids])
     with accelerator.autocast():
-        result = policy.step(*inputs, prev_sample=x_prev)
+        prompts = chunk_embeds(run, batch, rows, run.train_text_encoder)
+        result = policy.step(*step_args, *prompts, prev_sample=x_prev)
     terms = run.estimator.loss(result.log_prob.float(), traj.log_probs[sample_ids, step_ids],
                                batch.advantages[sample_ids], clip_range)
     kl = torch.zeros((), device=device)
     if run.config.train.kl_coef:
         unet = accelerator.unwrap_model(policy.unet)
-        unet.disable_adapters()
-        try:
-            with torch.no_grad(), accelerator.autocast():
-                reference = dataclasses.replace(policy, unet=unet).step(*inputs, prev_sample=x_prev)
-        finally:
-            unet.enable_adapters()
+        text_encoder = run.pipe.text_encoder if run.train_text_encoder is not None else None
+        with adapters_disabled(unet, text_encoder), torch.no_grad(), accelerator.autocast():
+            base_prompts = chunk_embeds(run, batch, rows, text_encoder)  # a trained text encoder's base embeddings
+            reference = dataclasses.replace(policy, unet=unet).step(*step_args, *base_prompts, prev_sample=x_prev)
         kl = gaussian_kl(result.mean.float(), reference.mean.float(), result.std.float(), policy.logprob_reduce).mean()
     return terms, kl
+
+
+def chunk_embeds(run: RunState, batch: Batch, rows: torch.Tensor, text_encoder) -> tuple:
+    """(prompt embeddings, empty-prompt embeddings) of a chunk's samples, given their rows of `batch.embeds`: the
+    sampled ones, or with `text_encoder` (model.train_text_encoder) the chunk's distinct prompts and the empty one
+    re-encoded in one call through it, with gradient unless under no_grad."""
+    if text_encoder is None:
+        return batch.embeds[rows], run.uncond.expand(len(rows), -1, -1)
+    texts = [batch.prompts[row] for row in rows.tolist()]
+    distinct = {text: i for i, text in enumerate(dict.fromkeys(["", *texts]))}  # the empty prompt is row 0
+    embeds = encode_prompts_trainable(run.pipe.tokenizer, text_encoder, list(distinct), rows.device)
+    return embeds[[distinct[text] for text in texts]], embeds[:1].expand(len(texts), -1, -1)
+
+
+@contextmanager
+def adapters_disabled(*models):
+    """The models (None: skipped) with their LoRA adapters switched off: the base model, for the KL reference."""
+    models = [m for m in models if m is not None]
+    for model in models:
+        model.disable_adapters()
+    try:
+        yield
+    finally:
+        for model in models:
+            model.enable_adapters()
 
 
 def resolved_clip_range(config: Config, latent_shape) -> float:

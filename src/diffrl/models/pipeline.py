@@ -122,21 +122,34 @@ def frozen_modules(pipe) -> list[torch.nn.Module]:
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> None:
-    """Attach trainable LoRA adapters (peft) to the UNet's attention projections."""
+    """Attach trainable LoRA adapters (peft) to the UNet's attention projections. peft's gaussian init zeroes the B
+    matrices: training starts at the base model."""
     from peft import LoraConfig
 
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=target_modules))
 
 
-def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The UNet's LoRA weights in diffusers' key format."""
+# The CLIP text encoder's attention projections (transformers' CLIPAttention), as diffusers' DreamBooth LoRA script
+# targets them; model.train_text_encoder puts adapters there.
+TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float) -> None:
+    """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x CLIP text encoder's
+    attention projections; zero B matrices, as `add_lora`, so it starts as the base encoder."""
+    add_lora(text_encoder, rank, alpha, TEXT_ENCODER_LORA_TARGETS)
+
+
+def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a UNet or a text encoder in diffusers' key format."""
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
 
 
-def save_lora(unet: torch.nn.Module, directory: str | Path) -> None:
-    """Write `pytorch_lora_weights.safetensors` so `pipe.load_lora_weights(directory)` restores the adapters.
+def save_lora(unet: torch.nn.Module, directory: str | Path, text_encoder: torch.nn.Module | None = None) -> None:
+    """Write `pytorch_lora_weights.safetensors` so `pipe.load_lora_weights(directory)` restores the adapters: the
+    UNet's and, when given (model.train_text_encoder), the text encoder's (`text_encoder.` keys).
 
     `unet` may be SD3's transformer: saved as diffusers' SD3 LoRA scripts do (peft keys, `transformer.` prefix).
     """
@@ -145,11 +158,15 @@ def save_lora(unet: torch.nn.Module, directory: str | Path) -> None:
     if isinstance(unet, SD3Transformer2DModel):
         from peft.utils import get_peft_model_state_dict
 
+        if text_encoder is not None:
+            raise DiffrlError("text-encoder LoRA is for SD 1.x/2.x pipelines only")
         layers = get_peft_model_state_dict(unet)
         StableDiffusion3Pipeline.save_lora_weights(str(directory), transformer_lora_layers=layers, safe_serialization=True)
         return
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=lora_state_dict(unet),
-                                              safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory), unet_lora_layers=lora_state_dict(unet),
+        text_encoder_lora_layers=lora_state_dict(text_encoder) if text_encoder is not None else None,
+        safe_serialization=True)
 
 
 def image_size(pipe, resolution: int | None) -> int:

@@ -1,0 +1,108 @@
+"""model.train_text_encoder: LoRA on the CLIP text encoder, trained with the UNet's (tiny SD pipeline)."""
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffrl.cli import main
+from diffrl.cli.evaluate import load_weights
+from diffrl.models.pipeline import add_text_encoder_lora, load_pipeline
+from diffrl.sampling import encode_prompts, encode_prompts_trainable
+from tests.test_reliability_runs import EPOCHS, assert_resumes_to_reference, metrics, train_args, weights
+
+TE = ["--set", "model.train_text_encoder=true"]
+PROMPTS = ["a red circle", "", "two blue squares above a green triangle and a yellow cat and a dog"]  # last: truncated
+
+
+@pytest.fixture(scope="module")
+def te_run(tiny_pipeline_dir, prompt_file, tmp_path_factory):
+    """A 2-epoch run that trains the text encoder (1 update per epoch: each epoch's ratios are all pre-update)."""
+    out = tmp_path_factory.mktemp("te") / "run"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, out, *TE, "--epochs", "2",
+                           "--set", "train.minibatches=1")) == 0
+    return out
+
+
+def text_encoder_weights(trainable: dict) -> dict:
+    """The checkpoint's text-encoder adapters, under the text encoder's own parameter names."""
+    prefix = "text_encoder."
+    return {k[len(prefix):]: v for k, v in trainable.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("attention_mask", [False, True])
+def test_trainable_encoding_matches_the_pipeline(tiny_pipeline_dir, attention_mask):
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    pipe.text_encoder.config.use_attention_mask = attention_mask
+    add_text_encoder_lora(pipe.text_encoder, 4, 4.0)
+    with torch.no_grad():  # non-zero B matrices: the adapters take part
+        for name, param in pipe.text_encoder.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    embeds = encode_prompts_trainable(pipe.tokenizer, pipe.text_encoder, PROMPTS, "cpu")
+    assert embeds.requires_grad
+    torch.testing.assert_close(embeds, encode_prompts(pipe, PROMPTS, "cpu"), rtol=0, atol=0)
+
+
+def test_text_encoder_trains_from_ratio_one(te_run):
+    trainable = weights(te_run, 2)
+    lora_b = [v for k, v in text_encoder_weights(trainable).items() if "lora_B" in k]
+    assert len(lora_b) == 8  # 2 layers x q, k, v, out
+    assert all(torch.count_nonzero(v) > 0 for v in lora_b)  # moved from peft's zero init
+    # Sampled and re-encoded by the same text encoder: old and new log-probs agree up to float noise (a few 1e-6, as
+    # without model.train_text_encoder). Epoch 2's sampling without its empty prompt re-encoded gives ratios ~0.5.
+    for record in metrics(te_run)[1:]:
+        assert record["updates"] == 1
+        assert record["ratio_min"] == pytest.approx(1, abs=1e-5) and record["ratio_max"] == pytest.approx(1, abs=1e-5)
+        assert record["approx_kl"] == pytest.approx(0, abs=1e-9)
+
+
+def test_exported_lora_loads_both_adapters_into_plain_diffusers(te_run, tiny_pipeline_dir):
+    from diffusers import StableDiffusionPipeline
+
+    assert {k.split(".")[0] for k in load_file(te_run / "lora" / "pytorch_lora_weights.safetensors")} == {
+        "unet", "text_encoder"}
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None)
+    base = encode_prompts(pipe, PROMPTS, "cpu")
+    pipe.load_lora_weights(te_run / "lora")
+    loaded = encode_prompts(pipe, PROMPTS, "cpu")
+
+    direct = load_pipeline(str(tiny_pipeline_dir))  # the run's text encoder: base + the checkpoint's adapters
+    add_text_encoder_lora(direct.text_encoder, 4, 4.0)
+    missing = direct.text_encoder.load_state_dict(text_encoder_weights(weights(te_run, 2)), strict=False)
+    assert not missing.unexpected_keys and not [k for k in missing.missing_keys if "lora" in k]
+    expected = encode_prompts(direct, PROMPTS, "cpu")
+    assert not torch.allclose(expected, base, atol=1e-4)
+    torch.testing.assert_close(loaded, expected, rtol=1e-5, atol=1e-6)
+
+    evaluated = load_pipeline(str(tiny_pipeline_dir))  # `diffrl evaluate --lora RUN` loads the same
+    assert load_weights(evaluated, te_run) == f"lora:{te_run / 'lora'}"
+    torch.testing.assert_close(encode_prompts(evaluated, PROMPTS, "cpu"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_is_bit_identical(tiny_pipeline_dir, prompt_file, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, full, *TE)) == 0
+    assert main(train_args(tiny_pipeline_dir, prompt_file, part, *TE, "--epochs", "2")) == 0
+    assert any(k.startswith("text_encoder.") for k in weights(full, EPOCHS))
+    assert_resumes_to_reference(part, (weights(full, EPOCHS), metrics(full)), "--set", f"run.epochs={EPOCHS}")
+
+
+def test_kl_penalty_with_a_trained_text_encoder(tiny_pipeline_dir, prompt_file, tmp_path):
+    """The KL reference is the base model: UNet and text encoder with their adapters off (0 before any update)."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, out, *TE, "--epochs", "2", "--set", "train.minibatches=1",
+                           "--set", "train.kl_coef=1.0")) == 0
+    kls = [r["kl_to_base"] for r in metrics(out)[1:]]
+    assert kls[0] == pytest.approx(0, abs=1e-12) and kls[-1] > 0
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("tiny", ["--set", "model.lora=false"], "model.train_text_encoder needs model.lora = true"),
+    ("sd3", [], "model.train_text_encoder is for SD 1.x/2.x pipelines"),
+])
+def test_bad_settings_are_one_line_errors(model, extra, message, request, prompt_file, tmp_path, capsys):
+    directory = request.getfixturevalue("tiny_pipeline_dir" if model == "tiny" else "sd3_dir")
+    out = tmp_path / "run"
+    assert main(train_args(directory, prompt_file, out, *TE, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (out / "config.yaml").exists()
