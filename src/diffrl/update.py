@@ -6,6 +6,8 @@ policy in chunks of `train.chunk_size` (`pair_loss`: one UNet call per chunk, pl
 adapters for the KL penalty `train.kl_coef`), their loss averaged, and the gradient applied only if
 the loss and the gradient norm are finite on every rank (the skip guard's `count_update`). With
 `model.train_text_encoder` each chunk first re-encodes its prompts, with gradient, through the text encoder.
+Pairs whose sample has advantage 0 (a leave-one-out or GRPO group whose K rewards are all equal) contribute
+nothing to any surrogate's gradient and are not evaluated (`without_zero_advantage`), unless a KL penalty is on.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 # Per optimizer step: averaged over its pairs, then over the applied steps of the epoch.
 AVERAGED = ("loss", "approx_kl", "clip_fraction", "ratio_mean", "kl_to_base")
+# Of these, averaged over the pairs drawn (skipped zero-advantage pairs count as 0); the rest over the pairs evaluated.
+OVER_DRAWN = ("loss",)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Pairs:
     samples: torch.Tensor
     steps: torch.Tensor
     weight: float = 1.0
+    drawn: int | None = None  # pairs the minibatch drew (the loss's normalizer); None: len(samples)
 
 
 def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
@@ -60,12 +65,17 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
     clip_range = resolved_clip_range(run.config, batch.traj.latents.shape[2:])
     steps_per_sample = max(1, math.ceil(t.timestep_fraction * len(batch.steps)))
     sums = dict.fromkeys(AVERAGED + ("grad_norm",), 0.0)
+    evaluated = drawn = 0
     extremes = {"ratio_min": math.inf, "ratio_max": -math.inf}
     applied = 0
     for _ in range(inner_epochs(run.config)):
         order = batch.selected[torch.randperm(len(batch.selected), generator=run.train_gen)]
         for minibatch in torch.tensor_split(order, minibatches(run.config)):
             pairs = draw_pairs(minibatch, batch.steps, steps_per_sample, run.train_gen)
+            drawn += pairs.drawn or len(pairs.samples)
+            if not t.kl_coef:  # the KL penalty's gradient does not vanish with the advantage
+                pairs = without_zero_advantage(pairs, batch.advantages)
+            evaluated += len(pairs.samples) if pairs.weight else 0
             step, low, high = backward(run, batch, pairs, clip_range, loss_fn)
             grad_norm = run.accelerator.clip_grad_norm_(list(run.trainable.values()), t.max_grad_norm)
             # A non-finite loss or gradient never reaches the weights (nor AdamW's moments).
@@ -82,7 +92,8 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
     if not applied:
         extremes = {"ratio_min": math.nan, "ratio_max": math.nan}
-    return {k: v / max(applied, 1) for k, v in sums.items()} | extremes | {"updates": applied}
+    return ({k: v / max(applied, 1) for k, v in sums.items()} | extremes
+            | {"updates": applied, "pairs_evaluated": evaluated / max(drawn, 1)})
 
 
 def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:
@@ -95,12 +106,25 @@ def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: i
     return Pairs(minibatch.repeat_interleave(steps_per_sample), step_choice.reshape(-1))
 
 
+def without_zero_advantage(pairs: Pairs, advantages: torch.Tensor) -> Pairs:
+    """The pairs whose sample has a nonzero advantage. Every surrogate loss is the advantage times a function of
+    the log-prob, so the others add exactly 0 to the gradient but would each cost a UNet forward and backward.
+    The kept pairs carry the drawn count as the loss's normalizer, so the gradient is the one of all pairs."""
+    drawn = pairs.drawn or len(pairs.samples)
+    keep = advantages.cpu()[pairs.samples] != 0
+    if bool(keep.all()):
+        return pairs
+    if not bool(keep.any()):  # still one backward, so that every rank reaches DDP's all-reduce
+        return Pairs(pairs.samples[:1], pairs.steps[:1], 0.0, drawn)
+    return Pairs(pairs.samples[keep], pairs.steps[keep], pairs.weight, drawn)
+
+
 def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_fn) -> tuple[dict, float, float]:
     """Accumulate the gradient of the pairs' mean loss chunk by chunk; returns the step's averaged terms and
     the smallest and largest importance ratio seen."""
     accelerator, kl_coef = run.accelerator, run.config.train.kl_coef
     chunks = list(zip(pairs.samples.split(run.config.train.chunk_size), pairs.steps.split(run.config.train.chunk_size)))
-    total = len(pairs.samples)
+    total, drawn = len(pairs.samples), pairs.drawn or len(pairs.samples)
     step = dict.fromkeys(AVERAGED, 0.0)
     low, high = math.inf, -math.inf
     for i, (ps, pt) in enumerate(chunks):
@@ -111,10 +135,10 @@ def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_
             terms, kl = loss_fn(run, batch, ps, pt, clip_range)
             loss = terms.loss + kl_coef * kl if kl_coef else terms.loss
             # backward even on a non-finite loss: every rank must reach DDP's gradient all-reduce
-            accelerator.backward(loss * (pairs.weight * len(ps) / total))
+            accelerator.backward(loss * (pairs.weight * len(ps) / drawn))
         values = terms._asdict() | {"loss": loss, "kl_to_base": kl}
         for key in step:
-            step[key] += float(values[key].detach()) * len(ps) / total
+            step[key] += float(values[key].detach()) * len(ps) / (drawn if key in OVER_DRAWN else total)
         low, high = min(low, float(terms.ratio_min)), max(high, float(terms.ratio_max))
     return step, low, high
 
