@@ -71,6 +71,15 @@ declare -A RUNS=(
   [h_fresh64_lr2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3"
   [h_fresh64_lr2e-3_s1]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --seed 1"
   [h_sp_graded_first3]="$FRESH $SPATIAL --reward shapes_graded --set train.first_steps=3 --epochs 150 --set run.eval_every=10"
+  # section 8: cheaper epochs, the text encoder, a decaying learning rate, K = 2
+  [h_tf05]="$FRESH --epochs 60 --set train.timestep_fraction=0.5"
+  [h_tf05_s1]="$FRESH --epochs 60 --set train.timestep_fraction=0.5 --seed 1"
+  [h_te]="$FRESH --epochs 40 --set model.train_text_encoder=true"
+  [h_te_s1]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 1"
+  [h_lin2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear"
+  [h_lin2e-3_s1]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear --seed 1"
+  [h_k2p128]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128"
+  [h_k2p128_s1]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128 --seed 1"
 )
 if (($#)); then names=("$@"); else names=("${!PRETRAIN[@]}" "${!RUNS[@]}"); fi  # base models first
 for name in "${names[@]}"; do
