@@ -76,6 +76,8 @@ declare -A RUNS=(
   [h_tf05_s1]="$FRESH --epochs 60 --set train.timestep_fraction=0.5 --seed 1"
   [h_te]="$FRESH --epochs 40 --set model.train_text_encoder=true"
   [h_te_s1]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 1"
+  [h_te_s2]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 2"
+  [h_te_s3]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 3"
   [h_lin2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear"
   [h_lin2e-3_s1]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear --seed 1"
   [h_k2p128]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128"
