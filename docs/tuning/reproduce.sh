@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The learning-efficiency study of docs/tuning.md, run by run (seed 0 unless named). Each run: one torch
-# thread, so two can share a 2-core machine (`bash docs/tuning/reproduce.sh NAME` runs one; no argument: all,
-# one after the other, several hours on 2 cores). Then: python docs/tuning/summarize.py runs/study/*/
+# The learning-efficiency study of docs/tuning.md, run by run (seed 0 unless named: NAME_sN is seed N).
+# Each run: one torch thread, so two can share a 2-core machine (`bash docs/tuning/reproduce.sh NAME` runs one;
+# no argument: all, one after the other, several hours on 2 cores). Then: python docs/tuning/summarize.py runs/study/*/
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=docs/tuning
@@ -41,14 +41,10 @@ declare -A RUNS=(
   [sp_first3_lr3e-3]="$V1 $SPATIAL $OLD6 --set train.learning_rate=3e-3 --set train.first_steps=3 --reward shapes_success --epochs 40"
   [sp_graded_first3_lr1e-3]="$V1 $SPATIAL $OLD6 --set train.learning_rate=1e-3 --set train.first_steps=3 --reward shapes_graded --epochs 30"
   [demo]="$V1 $OLD6 --epochs 40"
-  [demo_s1]="$V1 $OLD6 --epochs 40 --seed 1"
   [demo_lr5e-4]="$V1 $OLD6 --epochs 40 --set train.learning_rate=5e-4"
-  [demo_lr5e-4_s1]="$V1 $OLD6 --epochs 40 --seed 1 --set train.learning_rate=5e-4"
-  [old_defaults_s1]="$V1 $P16 $OLD --epochs 60 --seed 1"
   # section 6: the shipped base (builtin:shapes, = runs/pretrain/nocb)
   [h_demo]="$OLD6 --epochs 40"
   [h_demo80]="$OLD6 --epochs 80"
-  [h_demo_s1]="$OLD6 --epochs 40 --seed 1"
   [h_k8p8]="$OLD6 --epochs 40 --k 8 --set sample.prompts_per_batch=8"
   [h_lr2e-3]="$OLD6 --epochs 40 --set train.learning_rate=2e-3"
   [h_succ]="$OLD6 --epochs 40 --reward shapes_success"
@@ -58,31 +54,25 @@ declare -A RUNS=(
   [h_tf05_e70]="$OLD6 --epochs 70 --set train.timestep_fraction=0.5"
   # section 7: fresh samples, one pass of 16 updates per 256-image batch
   [h_fresh64]="$FRESH --epochs 40"
-  [h_fresh64_s1]="$FRESH --epochs 40 --seed 1"
-  [h_fresh64_s2]="$FRESH --epochs 40 --seed 2"
-  [h_fresh64_s3]="$FRESH --epochs 40 --seed 3"
-  [h_fresh64_s4]="$FRESH --epochs 40 --seed 4"
   [h_fresh64_80]="$FRESH --epochs 80"
   [h_fresh64_eta05]="$FRESH --epochs 40 --set sample.eta=0.5"
   [h_fresh64_loostd]="$FRESH --epochs 40 --set train.loo_std=group"
-  [h_fresh64_loostd_s1]="$FRESH --epochs 40 --set train.loo_std=group --seed 1"
   [h_fresh128]="$FRESH --set sample.prompts_per_batch=128 --epochs 30"
-  [h_fresh128_s1]="$FRESH --set sample.prompts_per_batch=128 --epochs 30 --seed 1"
   [h_fresh64_lr2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3"
-  [h_fresh64_lr2e-3_s1]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --seed 1"
   [h_sp_graded_first3]="$FRESH $SPATIAL --reward shapes_graded --set train.first_steps=3 --epochs 150 --set run.eval_every=10"
   # section 8: cheaper epochs, the text encoder, a decaying learning rate, K = 2
   [h_tf05]="$FRESH --epochs 60 --set train.timestep_fraction=0.5"
-  [h_tf05_s1]="$FRESH --epochs 60 --set train.timestep_fraction=0.5 --seed 1"
   [h_te]="$FRESH --epochs 40 --set model.train_text_encoder=true"
-  [h_te_s1]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 1"
-  [h_te_s2]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 2"
-  [h_te_s3]="$FRESH --epochs 40 --set model.train_text_encoder=true --seed 3"
   [h_lin2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear"
-  [h_lin2e-3_s1]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear --seed 1"
   [h_k2p128]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128"
-  [h_k2p128_s1]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128 --seed 1"
 )
+# Seed replicates: NAME_sN is NAME's row with --seed N.
+declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
+  [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1"
+  [h_k2p128]="1")
+for base in "${!SEEDS[@]}"; do
+  for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
+done
 if (($#)); then names=("$@"); else names=("${!PRETRAIN[@]}" "${!RUNS[@]}"); fi  # base models first
 for name in "${names[@]}"; do
   if [[ -v PRETRAIN[$name] ]]; then
