@@ -54,6 +54,10 @@ class Pairs:
     weight: float = 1.0
     drawn: int | None = None  # pairs the minibatch drew (the loss's normalizer); None: len(samples)
 
+    def __post_init__(self):
+        if self.drawn is None:
+            self.drawn = len(self.samples)
+
 
 def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
     """Inner epochs x minibatches of optimizer steps; each step averages the loss over its (sample, step) pairs.
@@ -72,7 +76,7 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
         order = batch.selected[torch.randperm(len(batch.selected), generator=run.train_gen)]
         for minibatch in torch.tensor_split(order, minibatches(run.config)):
             pairs = draw_pairs(minibatch, batch.steps, steps_per_sample, run.train_gen)
-            drawn += pairs.drawn or len(pairs.samples)
+            drawn += pairs.drawn
             if not t.kl_coef:  # the KL penalty's gradient does not vanish with the advantage
                 pairs = without_zero_advantage(pairs, batch.advantages)
             evaluated += len(pairs.samples) if pairs.weight else 0
@@ -110,13 +114,12 @@ def without_zero_advantage(pairs: Pairs, advantages: torch.Tensor) -> Pairs:
     """The pairs whose sample has a nonzero advantage. Every surrogate loss is the advantage times a function of
     the log-prob, so the others add exactly 0 to the gradient but would each cost a UNet forward and backward.
     The kept pairs carry the drawn count as the loss's normalizer, so the gradient is the one of all pairs."""
-    drawn = pairs.drawn or len(pairs.samples)
     keep = advantages.cpu()[pairs.samples] != 0
     if bool(keep.all()):
         return pairs
     if not bool(keep.any()):  # still one backward, so that every rank reaches DDP's all-reduce
-        return Pairs(pairs.samples[:1], pairs.steps[:1], 0.0, drawn)
-    return Pairs(pairs.samples[keep], pairs.steps[keep], pairs.weight, drawn)
+        return Pairs(pairs.samples[:1], pairs.steps[:1], 0.0, pairs.drawn)
+    return Pairs(pairs.samples[keep], pairs.steps[keep], pairs.weight, pairs.drawn)
 
 
 def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_fn) -> tuple[dict, float, float]:
@@ -124,7 +127,7 @@ def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_
     the smallest and largest importance ratio seen."""
     accelerator, kl_coef = run.accelerator, run.config.train.kl_coef
     chunks = list(zip(pairs.samples.split(run.config.train.chunk_size), pairs.steps.split(run.config.train.chunk_size)))
-    total, drawn = len(pairs.samples), pairs.drawn or len(pairs.samples)
+    total, drawn = len(pairs.samples), pairs.drawn
     step = dict.fromkeys(AVERAGED, 0.0)
     low, high = math.inf, -math.inf
     for i, (ps, pt) in enumerate(chunks):
