@@ -283,6 +283,11 @@ def test_early_stop_on_held_out_reward_collapse(tiny_pipeline_dir, prompt_file, 
     assert "early stop after epoch 2: held-out" in capsys.readouterr().out
     assert [r["epoch"] for r in metrics(out)] == [0, 1, 2]
     assert ckpt.list_checkpoints(out)[-1].name == "epoch_00002"
+    # an early-stopped run is a finished run for `diffrl report` (it stopped on purpose), with a note why
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped early at epoch 2 (held-out" in printed and "not finished" not in printed
+    assert (tmp_path / "rep" / "report.html").is_file()
 
 
 def serve_brightness(port: int = 0):

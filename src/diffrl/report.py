@@ -102,14 +102,23 @@ def last_epoch(run_dir: Path) -> int:
     return int(found[-1].name.split("_")[-1]) if found else 0
 
 
+def stopped_early(run_dir: Path) -> str | None:
+    """Why the run stopped early (`run.early_stop_drop`), from its newest checkpoint; None if it did not."""
+    found = ckpt.list_checkpoints(run_dir)
+    return json.loads((found[-1] / "state.json").read_text())["counters"].get("stopped_early") if found else None
+
+
 def load_run(run_dir: Path) -> dict:
-    """{'dir', 'config', 'metrics', 'finished'} of a run directory; DiffrlError if it is not one."""
+    """{'dir', 'config', 'metrics', 'finished', 'stopped_early'} of a run directory; DiffrlError if it is not one.
+
+    A run is finished when it trained its planned epochs or stopped early by `run.early_stop_drop`."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / "metrics.jsonl").is_file():
         raise DiffrlError(f"{run_dir} is not a diffrl run directory (needs {CONFIG_FILE} and metrics.jsonl)")
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir),
-            "finished": last_epoch(run_dir) == config["run"]["epochs"]}
+    early = stopped_early(run_dir)
+    return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir), "stopped_early": early,
+            "finished": last_epoch(run_dir) == config["run"]["epochs"] or early is not None}
 
 
 def default_label(config: dict) -> str:

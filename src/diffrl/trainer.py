@@ -41,6 +41,7 @@ def train(config: Config, resume: bool = False) -> Path:
     """Run (or resume) RL fine-tuning as configured; returns the run directory."""
     run = start_run(config, resume)
     r, counters = config.run, run.counters
+    counters.pop("stopped_early", None)  # a resumed early-stopped run is training again
     if counters["epoch"] == 0:
         before = evaluate(run, "before")
         track_eval(counters, before, run.eval_key, 0, r.early_stop_drop)
@@ -125,6 +126,8 @@ def guard_and_checkpoint(run: RunState, signum: int, collapse: str | None) -> bo
     signum, collapse_flag = agree(run.accelerator, signum, collapse is not None)
     stopping = done or signum or collapse_flag
     due = stopping or epoch % config.run.save_every == 0 or run.save_pending
+    if collapse_flag and not done:
+        counters["stopped_early"] = collapse or "another process stopped early"  # `diffrl report` reads it back
     run.save_pending = bool(due and not stopping and counters["consecutive_skips"])
     if due and not run.save_pending:
         save(run)
