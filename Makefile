@@ -34,3 +34,9 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	nice -n 10 $(PY) benchmarks/bench_epoch.py --flops --cache benchmarks/.cache --out benchmarks/results/latest.json
+
+# Time to target on ShapesWorld color binding, diffrl's defaults vs TRL 0.23.1's DDPOTrainer with its own defaults
+# (2 seeds, 20 min of TRL training each, about an hour on 2 cores); see docs/performance.md.
+.PHONY: bench-ttt
+bench-ttt: $(STAMP)
+	nice -n 10 $(PY) benchmarks/bench_ttt.py --out benchmarks/results/ttt_latest.json

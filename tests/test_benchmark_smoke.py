@@ -32,3 +32,54 @@ def test_variant_parsing():
     assert bench.parse_variant("base") == {}
     assert bench.parse_variant("chunk_size=8,channels_last") == {"chunk_size": 8, "channels_last": True}
     assert bench.parse_variant("chunk_size=all") == {"chunk_size": "all"}
+
+
+def test_time_to_target_readout_arithmetic_and_the_degenerate_case():
+    """benchmarks/bench_ttt.py's readout on hand-made curves (no TRL, no training)."""
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("bench_ttt", BENCH.parent / "bench_ttt.py")
+    ttt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttt)
+    m = ttt.METRIC
+
+    def epoch(n, value):  # every epoch: 10 + 1 + 9 = 20 s of training, 256 images
+        return {"epoch": n, "images_seen": 256 * n, "sample_s": 10.0, "reward_s": 1.0, "train_s": 9.0, m: value}
+
+    # diffrl: 0.40 at 0 s, 0.45 at 20 s, 0.5 (summed in another order: one ulp low) at 40 s, 0.60 at 60 s
+    diffrl = [{"epoch": 0, m: 0.40}, epoch(1, 0.45), epoch(2, 0.5 - 1e-16), epoch(3, 0.60)]
+    points = lambda *pairs: [{"seconds": s, "value": v} for s, v in pairs]  # noqa: E731
+
+    up = ttt.seed_readout(points((0, 0.40), (600, 0.52), (1200, 0.50)), diffrl, budget_s=1200)
+    assert up["status"] == "reached" and up["target"] == 0.50 and up["diffrl_s"] == 40.0
+    assert up["ratio"] == 40 / 1200 and up["trl_first_reached_final_s"] == 600
+    assert up["best_gain"]["target"] == 0.52 and up["best_gain"]["diffrl_s"] == 60.0
+    assert up["best_gain"]["ratio"] == 60 / 600
+    capped = ttt.seed_readout(points((0, 0.40), (1200, 0.50)), diffrl, budget_s=30)  # 40 s is past the cap
+    assert capped["ratio"] is None and capped["status"].startswith("diffrl did not reach")
+
+    flat = ttt.seed_readout(points((0, 0.40), (600, 0.38), (1200, 0.40)), diffrl, budget_s=1200)
+    assert flat["status"] == "TRL did not improve; ratio undefined" and flat["ratio"] is None
+    assert flat["diffrl_s"] is None and flat["best_gain"]["ratio"] is None
+    peaked = ttt.seed_readout(points((0, 0.40), (600, 0.45), (1200, 0.39)), diffrl, budget_s=1200)
+    assert peaked["ratio"] is None and peaked["best_gain"]["diffrl_s"] == 20.0
+    assert peaked["best_gain"]["ratio"] == 20 / 600
+
+    other = ttt.seed_readout(points((0, 0.40), (1000, 0.50)), diffrl, budget_s=1200)  # ratio 40 / 1000
+    summary = ttt.summarize_seeds({0: up, 1: other})
+    # mean 0.036667; s = (0.04 - 0.033333) / sqrt(2); half = t_{0.9, 1} (3.0777) * s * sqrt(1 + 1/2)
+    assert summary["ratio"]["mean"] == pytest.approx(0.0366667, abs=1e-6)
+    assert summary["ratio"]["pi_high"] == pytest.approx(0.0366667 + 3.0777 * 0.0047140 * 1.2247449, abs=1e-4)
+    assert summary["verdict"].startswith("met")
+    # a seed where TRL did not improve is never read as a success, however fast the other seed was
+    assert ttt.summarize_seeds({0: up, 1: flat})["verdict"].startswith("undefined")
+    assert ttt.summarize_seeds({0: up, 1: capped})["verdict"].startswith("not met")
+
+    defaults = {"seed": 0, "num_epochs": 100, "project_kwargs": {}, "mixed_precision": "fp16",
+                "num_checkpoint_limit": 5, "sample_num_steps": 50}
+    _, cpu = ttt.trl_settings(defaults, 0, "/p", cuda=False, overrides={})
+    assert [a["key"] for a in cpu] == ["num_epochs", "project_kwargs", "mixed_precision"]
+    kwargs, gpu = ttt.trl_settings(defaults, 1, "/p", cuda=True, overrides={"sample_num_steps": 10})
+    assert [a["key"] for a in gpu] == ["seed", "num_epochs", "project_kwargs", "sample_num_steps"]
+    assert kwargs["project_kwargs"]["total_limit"] == 5 and "mixed_precision" not in kwargs
+    assert ttt.next_snapshot_due(125.0, 120.0) == 240.0 and ttt.next_snapshot_due(119.0, 120.0) == 120.0
