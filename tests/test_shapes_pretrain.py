@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.shapes import BUILTIN_MODEL_DIR
-from diffrl.shapes.pretrain import PretrainConfig, pretrain
+from diffrl.shapes.pretrain import PretrainConfig, loss_weights, pretrain
 
 TINY = dict(vae_channels=(8, 8, 8), block_channels=(8, 16, 16), text_dim=8, text_layers=1,
             vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, warmup=1, save_every=0)
@@ -31,6 +31,23 @@ def test_tiny_pretrain_writes_a_loadable_pipeline(tmp_path):
     assert pipe.vae.config.scaling_factor != 0.18215  # fitted, not the SD default
     images = generate(pipe, "an orange triangle and a blue circle")  # unseen words tokenize as words
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_v_loss_weighting_is_the_v_prediction_loss_of_the_same_epsilon_model():
+    alpha_bar = torch.tensor([1.0, 0.5, 0.01])
+    assert torch.equal(loss_weights(alpha_bar, "epsilon"), torch.ones(3))
+    assert torch.allclose(loss_weights(alpha_bar, "v"), torch.tensor([1.0, 2.0, 100.0]))
+    # ||v - v_hat||^2, with v_hat built from the model's eps_hat through its x0 estimate, equals weight * ||eps - eps_hat||^2
+    g = torch.Generator().manual_seed(0)
+    x0, eps, eps_hat = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    a = alpha_bar.view(-1, 1, 1, 1)
+    zt = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x0_hat = (zt - (1 - a).sqrt() * eps_hat) / a.sqrt()
+    v, v_hat = a.sqrt() * eps - (1 - a).sqrt() * x0, a.sqrt() * eps_hat - (1 - a).sqrt() * x0_hat
+    eps_mse = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(((v - v_hat) ** 2).mean(dim=(1, 2, 3)), loss_weights(alpha_bar, "v") * eps_mse, rtol=1e-4)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        loss_weights(alpha_bar, "x0")
 
 
 def test_pretrain_is_deterministic(tmp_path):
@@ -78,7 +95,10 @@ def test_cli_report_on_a_tiny_model(tmp_path, capsys):
     assert set(table) == {"single", "color_binding", "counting", "spatial", "unseen"}
     assert (tmp_path / "report" / "grid.png").exists() and "unseen" in capsys.readouterr().out
     pretrain_args = parser.parse_args(["shapes", "pretrain", "--out", "x", "--unet-steps", "5", "--threads", "1"])
-    assert pretrain_args.unet_steps == 5 and callable(pretrain_args.func)
+    assert pretrain_args.unet_steps == 5 and callable(pretrain_args.func) and pretrain_args.loss_weighting == "epsilon"
+    assert parser.parse_args(["shapes", "pretrain", "--out", "x", "--loss-weighting", "v"]).loss_weighting == "v"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["shapes", "pretrain", "--out", "x", "--loss-weighting", "x0"])
 
 
 def test_category_weights_option_parses_and_rejects():

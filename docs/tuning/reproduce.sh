@@ -65,11 +65,14 @@ declare -A RUNS=(
   [h_te]="$FRESH --epochs 40 --set model.train_text_encoder=true"
   [h_lin2e-3]="$FRESH --epochs 40 --set train.learning_rate=2e-3 --set train.lr_schedule=linear"
   [h_k2p128]="$FRESH --epochs 40 --k 2 --set sample.prompts_per_batch=128"
+  # section 9: LoRA capacity, a wider trust region
+  [h_r16]="$FRESH --epochs 40 --set model.lora_rank=16 --set model.lora_alpha=16"
+  [h_clip2x]="$FRESH --epochs 40 --set train.clip_range=1.875e-3"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1"
-  [h_k2p128]="1")
+  [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from diffrl.shapes import BUILTIN_MODEL_DIR
-from diffrl.shapes.pretrain import DEFAULT_GUIDANCE, DEFAULT_STEPS, PretrainConfig
+from diffrl.shapes.pretrain import DEFAULT_GUIDANCE, DEFAULT_STEPS, LOSS_WEIGHTINGS, PretrainConfig
 
 
 def register(subparsers) -> None:
@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--category-weights", type=_category_weights, default=None, metavar="CAT=W,...",
                    help="how often each category's train prompts are drawn, e.g. color_binding=1 (unnamed categories "
                         "keep their default: color_binding 0, the others 1)")
+    p.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=defaults.loss_weighting,
+                   help="weight of the denoiser's MSE over timesteps: epsilon (DDPM's simple loss) or v (1/alpha_bar: "
+                        "the high-noise steps that place objects count as in v-prediction)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.set_defaults(func=_pretrain)
@@ -69,7 +72,8 @@ def _set_threads(threads: int | None) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import pretrain
 
-    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps)
+    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                         loss_weighting=args.loss_weighting)
     if args.category_weights:
         cfg.category_weights = args.category_weights
     out = pretrain(args.out, cfg, progress=not args.no_progress, threads=args.threads)
