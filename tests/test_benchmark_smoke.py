@@ -83,3 +83,24 @@ def test_time_to_target_readout_arithmetic_and_the_degenerate_case():
     assert [a["key"] for a in gpu] == ["seed", "num_epochs", "project_kwargs", "sample_num_steps"]
     assert kwargs["project_kwargs"]["total_limit"] == 5 and "mixed_precision" not in kwargs
     assert ttt.next_snapshot_due(125.0, 120.0) == 240.0 and ttt.next_snapshot_due(119.0, 120.0) == 120.0
+
+
+def test_relation_use_probe_edits_only_what_it_names(monkeypatch):
+    import sys
+
+    from diffrl.shapes.world import prompt_set
+
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the probe imports its sibling `probe`
+    spec = importlib.util.spec_from_file_location("relation_use", BENCH.parent / "relation_use.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.pop("probe", None)
+    above = next(s for s in prompt_set("spatial", "train") if s.relation == "above")
+    left = next(s for s in prompt_set("spatial", "train") if s.relation == "left of")
+    texts = module.edited_texts([above, left])
+    a, b = (o.phrase() for o in above.objects)
+    assert texts["true"][0] == f"{a} above {b}"
+    assert texts["inverted relation"][0] == f"{a} below {b}"
+    assert texts["swapped subject/object"][0] == f"{b} above {a}"
+    assert texts["inverted relation"][1] == texts["true"][1].replace("to the left of", "to the right of")
+    assert texts["empty"] == ["", ""]

@@ -13,6 +13,8 @@ declare -A PRETRAIN=(
   [u1200]="--category-weights color_binding=1 --unet-steps 1200"
   [nocb]=""
   [nocb_sp015]="--category-weights spatial=0.15"
+  [nocb_v]="--loss-weighting v"                                   # section 9
+  [nocb_v_sp3]="--loss-weighting v --category-weights spatial=3"  # section 9
 )
 V1="--model runs/pretrain/v1"
 OLD="--set train.clip_range=0.2 --set train.inner_epochs=1 --set train.minibatches=2 --set train.learning_rate=5e-4"

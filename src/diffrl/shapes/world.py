@@ -74,7 +74,7 @@ SIZE_RANGE = (0.25, 0.40)  # bounding-box side as a fraction of the image side
 SUPERSAMPLE = 4
 
 _RELATION_WORDS = {"above": "above", "below": "below", "left of": "to the left of", "right of": "to the right of"}
-_INVERSE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+INVERSE_RELATION = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
 _COUNT_WORDS = {2: "two", 3: "three"}
 
 
