@@ -222,11 +222,23 @@ def worker_diffrl(spec: dict) -> dict:
     }
 
 
+def trl_reward(reward):
+    """TRL's reward_fn around a diffrl reward: TRL hands float (N, 3, H, W) images in [0, 1], diffrl rewards take
+    uint8 (N, H, W, 3)."""
+    import numpy as np
+    import torch
+
+    def reward_fn(images, prompts, metadata):
+        array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return np.asarray(reward(array, list(prompts), list(metadata)), dtype=np.float32), {}
+
+    return reward_fn
+
+
 def worker_trl(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import numpy as np
     from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
     from diffrl.rewards.base import parse_reward_spec
@@ -236,15 +248,10 @@ def worker_trl(spec: dict) -> dict:
     k, n = spec["k"], spec["k"] * spec["prompts_per_batch"]
     # TRL has no K: yield each prompt K times in a row -> the same P x K batch layout as diffrl.
     queue = [pair for batch in _draw_prompts(spec, epochs) for pair in batch for _ in range(k)]
-    reward = parse_reward_spec(spec["reward"])
+    reward_fn = trl_reward(parse_reward_spec(spec["reward"]))
 
     def prompt_fn():
         return queue.pop(0)
-
-    def reward_fn(images, prompts, metadata):
-        # TRL hands float images (N, 3, H, W) in [0, 1]; diffrl rewards take uint8 (N, H, W, 3).
-        array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return np.asarray(reward(array, list(prompts), list(metadata)), dtype=np.float32), {}
 
     logdir = tempfile.mkdtemp(prefix="bench_trl_")
     config = DDPOConfig(

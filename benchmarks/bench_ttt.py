@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_epoch lies beside this file, also when this file is loaded by path (tests)
-from bench_epoch import RESULT_TAG, TRL_PINS, _peak_memory_mb, ensure_trl_venv  # noqa: E402
+from bench_epoch import RESULT_TAG, TRL_PINS, _peak_memory_mb, ensure_trl_venv, trl_reward  # noqa: E402
 
 REPO = HERE.parent
 MODEL = "builtin:shapes"
@@ -211,19 +211,6 @@ def worker_trl_defaults(spec: dict) -> dict:
                                   spec["trl_set"])
     return {"defaults": defaults, "adaptations": adaptations, "cuda": torch.cuda.is_available(),
             "versions": {"trl": trl.__version__, "torch": torch.__version__}}
-
-
-def trl_reward(reward):
-    """TRL's reward_fn around a diffrl reward: TRL hands float (N, 3, H, W) images in [0, 1], diffrl rewards take
-    uint8 (N, H, W, 3) (the conversion bench_epoch.worker_trl uses)."""
-    import numpy as np
-    import torch
-
-    def reward_fn(images, prompts, metadata):
-        array = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return np.asarray(reward(array, list(prompts), list(metadata)), dtype=np.float32), {}
-
-    return reward_fn
 
 
 def worker_trl(spec: dict) -> dict:

@@ -49,12 +49,10 @@ def main() -> None:
             ea, eb = encode_prompts(pipe.tokenizer, pipe.text_encoder, [a, b])
             print(f"text encoder: {a!r} vs {b!r}: relation token differs by {(ea[token] - eb[token]).norm():.2f} "
                   f"(token norm {ea[token].norm():.2f})")
-        alpha_bar = pipe.scheduler.alphas_cumprod
         for lo, hi in BANDS:
             t = torch.randint(lo, hi, (len(specs),), generator=gen)
             eps = torch.randn(z0.shape, generator=gen)
-            a = alpha_bar[t].view(-1, 1, 1, 1)
-            zt = a.sqrt() * z0 + (1 - a).sqrt() * eps
+            zt = pipe.scheduler.add_noise(z0, eps, t)
             loss = {k: ((pipe.unet(zt, t, e).sample - eps) ** 2).mean(dim=(1, 2, 3)) for k, e in embeds.items()}
             true = loss.pop("true")
             edits = "; ".join(f"{k} {(v - true).mean():+.4f} +- {(v - true).std() / len(v) ** 0.5:.4f}"

@@ -109,16 +109,17 @@ def stopped_early(run_dir: Path) -> str | None:
 
 
 def load_run(run_dir: Path) -> dict:
-    """{'dir', 'config', 'metrics', 'finished', 'stopped_early'} of a run directory; DiffrlError if it is not one.
+    """{'dir', 'config', 'metrics', 'last_epoch', 'finished', 'stopped_early'} of a run directory; DiffrlError if it
+    is not one.
 
     A run is finished when it trained its planned epochs or stopped early by `run.early_stop_drop`."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / "metrics.jsonl").is_file():
         raise DiffrlError(f"{run_dir} is not a diffrl run directory (needs {CONFIG_FILE} and metrics.jsonl)")
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    early = stopped_early(run_dir)
-    return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir), "stopped_early": early,
-            "finished": last_epoch(run_dir) == config["run"]["epochs"] or early is not None}
+    epoch, early = last_epoch(run_dir), stopped_early(run_dir)
+    return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir), "last_epoch": epoch,
+            "stopped_early": early, "finished": epoch == config["run"]["epochs"] or early is not None}
 
 
 def default_label(config: dict) -> str:

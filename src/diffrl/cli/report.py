@@ -24,7 +24,7 @@ def add_target_flag(parser) -> None:
 
 
 def run(args) -> int:
-    from diffrl.report import default_label, last_epoch, load_run, parse_target, write_report
+    from diffrl.report import default_label, load_run, parse_target, write_report
 
     targets = [parse_target(t) for t in args.targets]
     groups: dict[str, list[dict]] = {}
@@ -34,7 +34,7 @@ def run(args) -> int:
             print(f"diffrl: report: {run_dir} is not finished; skipped")
             continue
         if loaded["stopped_early"]:
-            print(f"diffrl: report: note: {run_dir} stopped early at epoch {last_epoch(Path(run_dir))} "
+            print(f"diffrl: report: note: {run_dir} stopped early at epoch {loaded['last_epoch']} "
                   f"({loaded['stopped_early']})")
         groups.setdefault(default_label(loaded["config"]), []).append(loaded)
     if not groups:
