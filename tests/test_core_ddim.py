@@ -116,6 +116,31 @@ def test_v_prediction_converts_to_epsilon():
     torch.testing.assert_close(a.mean, b.mean, rtol=1e-4, atol=1e-5)
 
 
+def test_zero_terminal_snr_v_prediction_matches_diffusers_from_the_first_step():
+    """abar_T = 0 (rescale_betas_zero_snr): x0 = -v there; the step stays finite and equals diffusers' DDIM."""
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              set_alpha_to_one=False, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                              prediction_type="v_prediction")
+    scheduler.set_timesteps(10)
+    assert scheduler.timesteps[0] == 999 and scheduler.alphas_cumprod[999] == 0
+    torch.manual_seed(0)
+    sample, v, noise = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    for t in scheduler.timesteps[:3]:
+        # eta 0.5: at eta 1 and abar_T = 0 diffusers takes the square root of a rounding-negative 0 (NaN); we clamp.
+        for eta in (0.5, 1.0):
+            ours = ddim_step_with_log_prob(v, t.expand(2), (t - 100).expand(2), sample, scheduler.alphas_cumprod,
+                                           scheduler.final_alpha_cumprod, eta, noise=noise,
+                                           prediction_type="v_prediction")
+            assert torch.isfinite(ours.prev_sample).all() and torch.isfinite(ours.log_prob).all()
+            if eta == 0.5:
+                expected = scheduler.step(v, t, sample, eta=eta, variance_noise=noise).prev_sample
+                torch.testing.assert_close(ours.prev_sample, expected, rtol=1e-5, atol=1e-5)
+    first = ddim_step_with_log_prob(v, torch.tensor([999, 999]), torch.tensor([899, 899]), sample,
+                                    scheduler.alphas_cumprod, scheduler.final_alpha_cumprod, 1.0, noise=noise,
+                                    prediction_type="v_prediction")
+    torch.testing.assert_close(first.mean, scheduler.alphas_cumprod[899].sqrt() * -v)  # DDPM posterior mean at abar_T=0
+
+
 def test_schedule_noise_stds_match_diffusers_variance():
     scheduler = make_scheduler()
     timesteps = scheduler.timesteps

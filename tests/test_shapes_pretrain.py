@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.shapes import BUILTIN_MODEL_DIR
-from diffrl.shapes.pretrain import PretrainConfig, loss_weights, pretrain
+from diffrl.shapes.pretrain import PretrainConfig, denoiser_target, loss_weights, pretrain, zero_terminal_snr_scheduler
 
 TINY = dict(vae_channels=(8, 8, 8), block_channels=(8, 16, 16), text_dim=8, text_layers=1,
             vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, warmup=1, save_every=0)
@@ -48,6 +48,26 @@ def test_v_loss_weighting_is_the_v_prediction_loss_of_the_same_epsilon_model():
     assert torch.allclose(((v - v_hat) ** 2).mean(dim=(1, 2, 3)), loss_weights(alpha_bar, "v") * eps_mse, rtol=1e-4)
     with pytest.raises(ValueError, match="loss_weighting"):
         loss_weights(alpha_bar, "x0")
+
+
+def test_zero_terminal_snr_pretraining_regresses_on_v_and_saves_a_plain_pipeline(tmp_path):
+    pretrain(tmp_path, PretrainConfig(**TINY, zero_terminal_snr=True), progress=False, threads=1)
+    pipe = load(tmp_path)
+    config = pipe.scheduler.config
+    assert config.prediction_type == "v_prediction" and config.rescale_betas_zero_snr
+    assert config.timestep_spacing == "trailing" and pipe.scheduler.alphas_cumprod[-1] == 0
+    assert np.isfinite(generate(pipe, "a red circle above a blue square")).all()
+    # the target is diffusers' own velocity; at alpha_bar = 0 it is -z0
+    scheduler = zero_terminal_snr_scheduler(pipe.scheduler)
+    g = torch.Generator().manual_seed(0)
+    z0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 500, 999])
+    target = denoiser_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "v_prediction")
+    torch.testing.assert_close(target, scheduler.get_velocity(z0, eps, t))
+    torch.testing.assert_close(target[2], -z0[2])
+    assert torch.equal(denoiser_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "epsilon"), eps)
+    with pytest.raises(ValueError, match="loss_weighting"):
+        pretrain(tmp_path / "bad", PretrainConfig(**TINY, zero_terminal_snr=True, loss_weighting="v"), progress=False)
 
 
 def test_pretrain_is_deterministic(tmp_path):

@@ -42,14 +42,15 @@ def train(config: Config, resume: bool = False) -> Path:
     run = start_run(config, resume)
     r, counters = config.run, run.counters
     counters.pop("stopped_early", None)  # a resumed early-stopped run is training again
-    if counters["epoch"] == 0:
-        before = evaluate(run, "before")
-        track_eval(counters, before, run.eval_key, 0, r.early_stop_drop)
-        if run.logger is not None:
-            run.logger.log(before, epoch=0)
-    bar = tqdm(total=r.epochs, initial=counters["epoch"],
-               disable=not (r.progress and run.accelerator.is_main_process), desc="epochs", dynamic_ncols=True)
+    bar = None
     try:
+        if counters["epoch"] == 0:
+            before = evaluate(run, "before")
+            track_eval(counters, before, run.eval_key, 0, r.early_stop_drop)
+            if run.logger is not None:
+                run.logger.log(before, epoch=0)
+        bar = tqdm(total=r.epochs, initial=counters["epoch"],
+                   disable=not (r.progress and run.accelerator.is_main_process), desc="epochs", dynamic_ncols=True)
         with StopRequested() as stop:
             for epoch in range(counters["epoch"], r.epochs):
                 metrics = run_epoch(epoch, run)  # sample, reward, advantages, update
@@ -64,15 +65,25 @@ def train(config: Config, resume: bool = False) -> Path:
                 bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", img_s=f"{metrics['images_per_s']:.1f}")
                 if not guard_and_checkpoint(run, stop.signal or 0, collapse):
                     break
+    except (RunHalted, RunInterrupted):  # raised on every rank alike (agreed): leave the process group together
+        leave_together(run)
+        raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if run.logger is not None:
             run.logger.close()
     if run.logger is not None:
         finish_report(run.out)
+    leave_together(run)
+    return run.out
+
+
+def leave_together(run: RunState) -> None:
+    """Barrier, then tear the process group down on every rank: a rank that exits while its peer still holds
+    gloo connections can abort in the peer's destructor (SIGABRT instead of the agreed exit code)."""
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
-    return run.out
 
 
 def run_epoch(epoch: int, run: RunState) -> dict:

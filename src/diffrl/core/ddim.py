@@ -33,12 +33,15 @@ class StepResult(NamedTuple):
     std: Tensor  # (B, 1, 1, 1)  sigma_t
 
 
-def epsilon_from_model_output(model_output: Tensor, sample: Tensor, abar_t: Tensor, prediction_type: str) -> Tensor:
-    """The noise estimate eps for 'epsilon' (SD 1.x, SD 2.0-base) or 'v_prediction' (SD 2.x 768-v) models."""
+def x0_and_epsilon(model_output: Tensor, sample: Tensor, abar_t: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
+    """(x0_pred, eps) implied by the model output: 'epsilon' (SD 1.x, SD 2.0-base) or 'v_prediction' (SD 2.x 768-v,
+    zero-terminal-SNR models). For v, both come straight from v = sqrt(abar) eps - sqrt(1 - abar) x0, without dividing
+    by sqrt(abar_t): a zero-terminal-SNR schedule has abar_T = 0 at its first sampling step."""
     if prediction_type == "epsilon":
-        return model_output
+        return predicted_x0(sample, model_output, abar_t), model_output
     if prediction_type == "v_prediction":
-        return abar_t.sqrt() * model_output + (1 - abar_t).sqrt() * sample
+        a, s = abar_t.sqrt(), (1 - abar_t).sqrt()
+        return a * sample - s * model_output, a * model_output + s * sample
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
@@ -158,8 +161,7 @@ def ddim_step_with_log_prob(
     abar_t, abar_prev = (a.to(sample.device, sample.dtype).reshape(shape)
                          for a in abar_pair(timestep, prev_timestep, alphas_cumprod, final_alpha_cumprod))
 
-    eps = epsilon_from_model_output(model_output, sample, abar_t, prediction_type)
-    x0_pred = predicted_x0(sample, eps, abar_t)
+    x0_pred, eps = x0_and_epsilon(model_output, sample, abar_t, prediction_type)
     std = noise_std(abar_t, abar_prev, eta)
     mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
     return gaussian_action(mean, std, eta == 0, prev_sample, generator, noise, reduce)

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from diffrl.errors import DiffrlError
 from diffrl.shapes import BUILTIN_MODEL_DIR
 from diffrl.shapes.pretrain import DEFAULT_GUIDANCE, DEFAULT_STEPS, LOSS_WEIGHTINGS, PretrainConfig
 
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=defaults.loss_weighting,
                    help="weight of the denoiser's MSE over timesteps: epsilon (DDPM's simple loss) or v (1/alpha_bar: "
                         "the high-noise steps that place objects count as in v-prediction)")
+    p.add_argument("--zero-terminal-snr", action="store_true",
+                   help="rescale the noise schedule to zero terminal SNR and predict v (the prompt, not the starting "
+                        "noise, must place the objects)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.set_defaults(func=_pretrain)
@@ -73,9 +77,13 @@ def _pretrain(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import pretrain
 
     cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
-                         loss_weighting=args.loss_weighting)
+                         loss_weighting=args.loss_weighting, zero_terminal_snr=args.zero_terminal_snr)
     if args.category_weights:
         cfg.category_weights = args.category_weights
+    try:
+        cfg.check()
+    except ValueError as err:
+        raise DiffrlError(str(err)) from None
     out = pretrain(args.out, cfg, progress=not args.no_progress, threads=args.threads)
     print(f"saved pipeline to {out}")
     return 0

@@ -80,11 +80,36 @@ class PretrainConfig:
     (1 / alpha_bar_t = 1 + 1/SNR_t: the v-prediction loss of the same epsilon model). The simple loss weights the
     x0 content of the high-noise steps by SNR_t (~0.005 at the last step), and those are the steps that place
     objects: a model trained with it ignores relation words (docs/tuning.md section 9)."""
+    zero_terminal_snr: bool = False
+    """Rescale the betas so that alpha_bar at the last timestep is 0 (Lin et al. 2024, diffusers'
+    `rescale_betas_zero_snr`), predict v instead of epsilon (epsilon is undefined there) and sample with 'trailing'
+    timesteps, which start at t = 999. SD's schedule leaves sqrt(alpha_bar_999) = 0.07 of the image in the noise, so a
+    model trained on it reads the layout out of its starting noise instead of deciding it from the prompt."""
     save_every: int = 1000
     """Save the pipeline every this many denoiser steps (so an interrupted run leaves a model)."""
 
+    def check(self) -> None:
+        """ValueError for settings that contradict each other."""
+        if self.zero_terminal_snr and self.loss_weighting != "epsilon":
+            raise ValueError("zero_terminal_snr predicts v, whose plain MSE already weights the steps as "
+                             "loss_weighting 'v' does; leave loss_weighting at 'epsilon' (1/alpha_bar is infinite at t=T)")
+
 
 LOSS_WEIGHTINGS = ("epsilon", "v")
+
+
+def zero_terminal_snr_scheduler(scheduler):
+    """The same DDIM schedule rescaled to zero terminal SNR, v-prediction, trailing timesteps (see PretrainConfig)."""
+    return type(scheduler).from_config(scheduler.config, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                       timestep_spacing="trailing")
+
+
+def denoiser_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the denoiser regresses on: eps, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) z0 (diffusers'
+    `get_velocity`). alpha_bar: broadcastable to z0."""
+    if prediction_type == "epsilon":
+        return eps
+    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * z0
 
 
 def loss_weights(alpha_bar: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -187,7 +212,8 @@ def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.ran
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
         pred = unet(zt, t, encode_prompts(pipe.tokenizer, text_encoder, texts)).sample
-        per_sample = F.mse_loss(pred, eps, reduction="none").mean(dim=(1, 2, 3))
+        target = denoiser_target(z0, eps, a, sched.config.prediction_type)
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (loss_weights(alphas_cumprod[t], cfg.loss_weighting) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,6 +259,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
     from diffrl.models.tiny import build_tiny_pipeline
 
     cfg = cfg or PretrainConfig()
+    cfg.check()
     out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(threads)
@@ -244,6 +271,8 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
         cross_attention_dim=cfg.text_dim, vae_channels=cfg.vae_channels, text_layers=cfg.text_layers,
         seed=cfg.seed,
     )
+    if cfg.zero_terminal_snr:
+        pipe.scheduler = zero_terminal_snr_scheduler(pipe.scheduler)
     sample = PromptSampler(cfg, rng)
     vae_mse = train_vae(pipe.vae, cfg, sample, progress)
     pipe.vae.requires_grad_(False)
