@@ -3,7 +3,9 @@
 Renders spatial train prompts, noises them (the same noise for every text), and compares the epsilon MSE of the
 UNet given the true prompt with the same images given the relation inverted ("above" -> "below"), the subject and
 object swapped, or the empty prompt, per band of timesteps. A model that uses relation words has a lower loss with
-the true prompt than with the inverted one; "+0.0000" means the relation word changes nothing. Also prints how far
+the true prompt than with the inverted one; "+0.0000" means the relation word changes nothing. Printed for the
+noise estimate (eps) and for the clean latent it implies (x0): at high noise the eps loss scales x0's by about
+alpha_bar_t, so only x0 shows whether the prompt decides the layout there. Epsilon and v-prediction models alike. Also prints how far
 apart the text encoder puts the relation words themselves (norm of the difference of their token embeddings).
 
     python benchmarks/relation_use.py                              # the shipped model
@@ -14,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffrl.core.ddim import x0_and_epsilon
 from diffrl.models.pipeline import load_pipeline, resolve_model
 from diffrl.shapes.pretrain import encode_prompts
 from diffrl.shapes.world import INVERSE_RELATION, prompt_set, render, spatial
@@ -49,15 +52,21 @@ def main() -> None:
             ea, eb = encode_prompts(pipe.tokenizer, pipe.text_encoder, [a, b])
             print(f"text encoder: {a!r} vs {b!r}: relation token differs by {(ea[token] - eb[token]).norm():.2f} "
                   f"(token norm {ea[token].norm():.2f})")
+        prediction_type = pipe.scheduler.config.prediction_type
         for lo, hi in BANDS:
             t = torch.randint(lo, hi, (len(specs),), generator=gen)
             eps = torch.randn(z0.shape, generator=gen)
             zt = pipe.scheduler.add_noise(z0, eps, t)
-            loss = {k: ((pipe.unet(zt, t, e).sample - eps) ** 2).mean(dim=(1, 2, 3)) for k, e in embeds.items()}
-            true = loss.pop("true")
-            edits = "; ".join(f"{k} {(v - true).mean():+.4f} +- {(v - true).std() / len(v) ** 0.5:.4f}"
-                              for k, v in loss.items())
-            print(f"t {lo}-{hi}: loss with the true prompt {true.mean():.4f}; change with {edits}")
+            abar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+            estimates = {k: x0_and_epsilon(pipe.unet(zt, t, e).sample, zt, abar, prediction_type)
+                         for k, e in embeds.items()}  # prompt -> (x0_pred, eps_pred)
+            # x0: the layout error, which the eps loss scales by about SNR_t at high noise
+            for space, index, truth in (("eps", 1, eps), ("x0", 0, z0)):
+                loss = {k: ((est[index] - truth) ** 2).mean(dim=(1, 2, 3)) for k, est in estimates.items()}
+                true = loss.pop("true")
+                edits = "; ".join(f"{k} {(v - true).mean():+.4f} +- {(v - true).std() / len(v) ** 0.5:.4f}"
+                                  for k, v in loss.items())
+                print(f"t {lo}-{hi}: {space} loss with the true prompt {true.mean():.4f}; change with {edits}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffrl.shapes import BUILTIN_MODEL_DIR
-from diffrl.shapes.pretrain import PretrainConfig, denoiser_target, loss_weights, pretrain, zero_terminal_snr_scheduler
+from diffrl.shapes.pretrain import PretrainConfig, denoiser_target, draw_timesteps, loss_weights, pretrain, zero_terminal_snr_scheduler
 
 TINY = dict(vae_channels=(8, 8, 8), block_channels=(8, 16, 16), text_dim=8, text_layers=1,
             vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, warmup=1, save_every=0)
@@ -132,3 +132,16 @@ def test_category_weights_option_parses_and_rejects():
     for bad in ("colour=1", "spatial", "spatial=x", "spatial=-1", "single=0,color_binding=0,counting=0,spatial=0"):
         with pytest.raises(argparse.ArgumentTypeError):
             _category_weights(bad)
+
+
+def test_high_noise_fraction_draws_that_share_of_timesteps_from_the_noisiest_tenth():
+    torch.manual_seed(0)
+    uniform = draw_timesteps(4000, 1000, 0.0)
+    torch.manual_seed(0)
+    assert torch.equal(uniform, torch.randint(0, 1000, (4000,)))  # fraction 0: the old stream, bit for bit
+    t = draw_timesteps(4000, 1000, 0.5)
+    assert t.min() >= 0 and t.max() < 1000
+    assert abs((t >= 900).float().mean().item() - (0.5 + 0.5 * 0.1)) < 0.03
+    assert (draw_timesteps(100, 1000, 1.0) >= 900).all()
+    with pytest.raises(ValueError, match="high_noise_fraction"):
+        PretrainConfig(high_noise_fraction=1.5).check()

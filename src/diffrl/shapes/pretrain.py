@@ -85,11 +85,18 @@ class PretrainConfig:
     `rescale_betas_zero_snr`), predict v instead of epsilon (epsilon is undefined there) and sample with 'trailing'
     timesteps, which start at t = 999. SD's schedule leaves sqrt(alpha_bar_999) = 0.07 of the image in the noise, so a
     model trained on it reads the layout out of its starting noise instead of deciding it from the prompt."""
+    high_noise_fraction: float = 0.0
+    """Fraction of each batch whose timestep is drawn from the last tenth of the schedule (t >= 0.9 T, the band the
+    first sampling step starts in) instead of uniformly. With zero terminal SNR those steps see no image, so they
+    alone make the prompt decide the layout; at uniform draws (a tenth of the batch) relation words stayed unused
+    (docs/tuning.md section 10)."""
     save_every: int = 1000
     """Save the pipeline every this many denoiser steps (so an interrupted run leaves a model)."""
 
     def check(self) -> None:
         """ValueError for settings that contradict each other."""
+        if not 0 <= self.high_noise_fraction <= 1:
+            raise ValueError(f"high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}")
         if self.zero_terminal_snr and self.loss_weighting != "epsilon":
             raise ValueError("zero_terminal_snr predicts v, whose plain MSE already weights the steps as "
                              "loss_weighting 'v' does; leave loss_weighting at 'epsilon' (1/alpha_bar is infinite at t=T)")
@@ -110,6 +117,15 @@ def denoiser_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor
     if prediction_type == "epsilon":
         return eps
     return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * z0
+
+
+def draw_timesteps(n: int, num_timesteps: int, high_noise_fraction: float) -> torch.Tensor:
+    """(n,) training timesteps: uniform, except that each is drawn from [0.9 T, T) with prob. high_noise_fraction."""
+    t = torch.randint(0, num_timesteps, (n,))
+    if high_noise_fraction > 0:  # no extra draws otherwise: earlier models stay reproducible bit for bit
+        high = torch.rand(n) < high_noise_fraction
+        t[high] = torch.randint(int(0.9 * num_timesteps), num_timesteps, (int(high.sum()),))
+    return t
 
 
 def loss_weights(alpha_bar: torch.Tensor, weighting: str) -> torch.Tensor:
@@ -207,7 +223,7 @@ def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.ran
         with torch.no_grad():
             z0 = vae.encode(x).latent_dist.sample() * scale  # (B, 4, 8, 8), ~unit std
         texts = ["" if rng.random() < cfg.cfg_drop else s.text for s in specs]
-        t = torch.randint(0, len(alphas_cumprod), (len(specs),))
+        t = draw_timesteps(len(specs), len(alphas_cumprod), cfg.high_noise_fraction)
         eps = torch.randn_like(z0)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
