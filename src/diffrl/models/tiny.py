@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 
@@ -91,6 +91,7 @@ def build_tiny_pipeline(
     text_layers: int = 2,
     max_length: int = 16,
     seed: int = 0,
+    bidirectional_text: bool = False,
 ) -> StableDiffusionPipeline:
     """Build a random SD-architecture pipeline and `save_pretrained` it to `directory`.
 
@@ -103,11 +104,19 @@ def build_tiny_pipeline(
     directory = Path(directory)
     tokenizer = write_word_tokenizer(words, directory / "tokenizer")
     tokenizer.model_max_length = max_length
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
-        num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    if bidirectional_text:  # every token sees the whole prompt (CLIP's text model is causal); plain SD pipelines load it
+        text_encoder = BertModel(BertConfig(
+            vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
+            num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
+            pad_token_id=tokenizer.pad_token_id, type_vocab_size=1,
+        ))  # its pooler is unused (SD reads the hidden states) but saved, so loading warns of nothing
+    else:
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
+            num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ))
     latent_size = sample_size // 2 ** (len(vae_channels) - 1)
     n = len(block_channels)
     unet = UNet2DConditionModel(

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--zero-terminal-snr", action="store_true",
                    help="rescale the noise schedule to zero terminal SNR and predict v (the prompt, not the starting "
                         "noise, must place the objects)")
+    p.add_argument("--bidirectional-text", action="store_true",
+                   help="a BERT text encoder, whose subject tokens see the relation word (CLIP's is causal)")
     p.add_argument("--high-noise-fraction", type=float, default=defaults.high_noise_fraction, metavar="F",
                    help="fraction of each batch trained at the noisiest tenth of the timesteps, where the layout is "
                         "decided (default: %(default)s, uniform timesteps)")
@@ -81,7 +83,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                          loss_weighting=args.loss_weighting, zero_terminal_snr=args.zero_terminal_snr,
-                         high_noise_fraction=args.high_noise_fraction)
+                         high_noise_fraction=args.high_noise_fraction, bidirectional_text=args.bidirectional_text)
     if args.category_weights:
         cfg.category_weights = args.category_weights
     try:

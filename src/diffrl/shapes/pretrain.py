@@ -85,6 +85,9 @@ class PretrainConfig:
     `rescale_betas_zero_snr`), predict v instead of epsilon (epsilon is undefined there) and sample with 'trailing'
     timesteps, which start at t = 999. SD's schedule leaves sqrt(alpha_bar_999) = 0.07 of the image in the noise, so a
     model trained on it reads the layout out of its starting noise instead of deciding it from the prompt."""
+    bidirectional_text: bool = False
+    """A BERT text encoder (every token attends to the whole prompt) instead of CLIP's causal one, in which the
+    subject of "a red circle above a green square" is encoded before the relation word."""
     high_noise_fraction: float = 0.0
     """Fraction of each batch whose timestep is drawn from the last tenth of the schedule (t >= 0.9 T, the band the
     first sampling step starts in) instead of uniformly. With zero terminal SNR those steps see no image, so they
@@ -285,7 +288,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
     pipe = build_tiny_pipeline(
         out_dir, vocabulary(), sample_size=cfg.image_size, block_channels=cfg.block_channels,
         cross_attention_dim=cfg.text_dim, vae_channels=cfg.vae_channels, text_layers=cfg.text_layers,
-        seed=cfg.seed,
+        seed=cfg.seed, bidirectional_text=cfg.bidirectional_text,
     )
     if cfg.zero_terminal_snr:
         pipe.scheduler = zero_terminal_snr_scheduler(pipe.scheduler)
