@@ -15,6 +15,11 @@ declare -A PRETRAIN=(
   [nocb_sp015]="--category-weights spatial=0.15"
   [nocb_v]="--loss-weighting v"                                   # section 9
   [nocb_v_sp3]="--loss-weighting v --category-weights spatial=3"  # section 9
+  [zsnr]="--zero-terminal-snr"                                     # section 10 (stopped after its 4,000-step save)
+  [zsnr_sp3]="--zero-terminal-snr --category-weights spatial=3"    # section 10 (stopped after its 4,000-step save)
+  [zsnr_hn30]="--zero-terminal-snr --high-noise-fraction 0.3"      # section 10 (stopped after its 2,000-step save)
+  [zsnr_hn50]="--zero-terminal-snr --high-noise-fraction 0.5"      # section 10
+  [zsnr_hn50_bert]="--zero-terminal-snr --high-noise-fraction 0.5 --bidirectional-text"  # section 10
 )
 V1="--model runs/pretrain/v1"
 OLD="--set train.clip_range=0.2 --set train.inner_epochs=1 --set train.minibatches=2 --set train.learning_rate=5e-4"
