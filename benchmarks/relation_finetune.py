@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from diffrl.core.ddim import x0_and_epsilon
 from diffrl.models.pipeline import load_pipeline, resolve_model
-from diffrl.shapes.pretrain import denoiser_target, draw_timesteps, encode_prompts, to_tensor
-from diffrl.shapes.world import INVERSE_RELATION, prompt_set, render, spatial
+from diffrl.shapes.pretrain import denoiser_mse, draw_timesteps, encode_prompts, to_tensor
+from diffrl.shapes.world import prompt_set, render
 from probe import probe_parser
-
-
-def inverted(spec):
-    return spatial(spec.objects[0], spec.objects[1], INVERSE_RELATION[spec.relation])
+from relation_use import implied_estimates, inverted
 
 
 def main() -> None:
@@ -38,7 +33,6 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     pipe = load_pipeline(resolve_model(args.model))
     unet, text_encoder, scheduler = pipe.unet, pipe.text_encoder, pipe.scheduler
-    prediction_type, alphas_cumprod = scheduler.config.prediction_type, scheduler.alphas_cumprod
     pool = [s for s in prompt_set("spatial", "train") if s.relation in ("above", "below")]
     chosen = [pool[i] for i in rng.choice(len(pool), args.pairs, replace=False)]
     specs = chosen + [inverted(s) for s in chosen]
@@ -49,19 +43,17 @@ def main() -> None:
             z0 = pipe.vae.encode(to_tensor(np.stack([render(s, rng) for s in drawn]))).latent_dist.mean
         return drawn, z0 * pipe.vae.config.scaling_factor
 
-    probe_specs, probe_z0 = batch(256)  # fixed images, noise and timesteps for every report
+    probe_specs, probe_z0 = batch(256)  # the same images at every report
 
     @torch.no_grad()
     def report(step: int) -> None:
-        g = torch.Generator().manual_seed(args.seed + 2)
+        g = torch.Generator().manual_seed(args.seed + 2)  # the same noise and timesteps at every report
         t = torch.randint(900, 1000, (len(probe_specs),), generator=g)
-        eps = torch.randn(probe_z0.shape, generator=g)
-        zt = scheduler.add_noise(probe_z0, eps, t)
-        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
-        loss = {}
-        for name, texts in (("true", [s.text for s in probe_specs]), ("inverted", [inverted(s).text for s in probe_specs])):
-            out = unet(zt, t, encode_prompts(pipe.tokenizer, text_encoder, texts)).sample
-            loss[name] = ((x0_and_epsilon(out, zt, abar, prediction_type)[0] - probe_z0) ** 2).mean().item()
+        zt = scheduler.add_noise(probe_z0, torch.randn(probe_z0.shape, generator=g), t)
+        loss = {name: ((implied_estimates(pipe, zt, t, encode_prompts(pipe.tokenizer, text_encoder, texts))[0]
+                        - probe_z0) ** 2).mean().item()
+                for name, texts in (("true", [s.text for s in probe_specs]),
+                                    ("inverted", [inverted(s).text for s in probe_specs]))}
         print(f"step {step}: x0 loss at t 900-999 {loss['true']:.4f}; relation inverted "
               f"{loss['inverted'] - loss['true']:+.4f}", flush=True)
 
@@ -73,12 +65,8 @@ def main() -> None:
     report(0)
     for step in range(1, args.train_steps + 1):
         drawn, z0 = batch(32)
-        t = draw_timesteps(len(drawn), len(alphas_cumprod), args.high_noise_fraction)
-        eps = torch.randn_like(z0)
-        abar = alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = abar.sqrt() * z0 + (1 - abar).sqrt() * eps
-        out = unet(zt, t, encode_prompts(pipe.tokenizer, text_encoder, [s.text for s in drawn])).sample
-        loss = F.mse_loss(out, denoiser_target(z0, eps, abar, prediction_type))
+        t = draw_timesteps(len(drawn), len(scheduler.alphas_cumprod), args.high_noise_fraction)
+        loss = denoiser_mse(pipe, z0, [s.text for s in drawn], t).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

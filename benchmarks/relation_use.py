@@ -25,12 +25,23 @@ from probe import probe_parser
 BANDS = ((900, 1000), (700, 900), (400, 700), (0, 400))
 
 
+def inverted(spec):
+    """The same spatial prompt with the opposite relation ("above" -> "below")."""
+    return spatial(spec.objects[0], spec.objects[1], INVERSE_RELATION[spec.relation])
+
+
 def edited_texts(specs) -> dict[str, list[str]]:
     """The prompts as written, with the relation inverted, with subject and object swapped, and empty."""
     return {"true": [s.text for s in specs],
-            "inverted relation": [spatial(s.objects[0], s.objects[1], INVERSE_RELATION[s.relation]).text for s in specs],
+            "inverted relation": [inverted(s).text for s in specs],
             "swapped subject/object": [spatial(s.objects[1], s.objects[0], s.relation).text for s in specs],
             "empty": [""] * len(specs)}
+
+
+def implied_estimates(pipe, zt: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0_pred, eps_pred) the denoiser implies at (zt, t) given prompt embeddings, for epsilon and v models alike."""
+    abar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return x0_and_epsilon(pipe.unet(zt, t, embeds).sample, zt, abar, pipe.scheduler.config.prediction_type)
 
 
 def main() -> None:
@@ -52,14 +63,11 @@ def main() -> None:
             ea, eb = encode_prompts(pipe.tokenizer, pipe.text_encoder, [a, b])
             print(f"text encoder: {a!r} vs {b!r}: relation token differs by {(ea[token] - eb[token]).norm():.2f} "
                   f"(token norm {ea[token].norm():.2f})")
-        prediction_type = pipe.scheduler.config.prediction_type
         for lo, hi in BANDS:
             t = torch.randint(lo, hi, (len(specs),), generator=gen)
             eps = torch.randn(z0.shape, generator=gen)
             zt = pipe.scheduler.add_noise(z0, eps, t)
-            abar = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-            estimates = {k: x0_and_epsilon(pipe.unet(zt, t, e).sample, zt, abar, prediction_type)
-                         for k, e in embeds.items()}  # prompt -> (x0_pred, eps_pred)
+            estimates = {k: implied_estimates(pipe, zt, t, e) for k, e in embeds.items()}  # prompt -> (x0, eps)
             # x0: the layout error, which the eps loss scales by about SNR_t at high noise
             for space, index, truth in (("eps", 1, eps), ("x0", 0, z0)):
                 loss = {k: ((est[index] - truth) ** 2).mean(dim=(1, 2, 3)) for k, est in estimates.items()}

@@ -104,19 +104,15 @@ def build_tiny_pipeline(
     directory = Path(directory)
     tokenizer = write_word_tokenizer(words, directory / "tokenizer")
     tokenizer.model_max_length = max_length
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
+                 num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
+                 pad_token_id=tokenizer.pad_token_id)
     if bidirectional_text:  # every token sees the whole prompt (CLIP's text model is causal); plain SD pipelines load it
-        text_encoder = BertModel(BertConfig(
-            vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
-            num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
-            pad_token_id=tokenizer.pad_token_id, type_vocab_size=1,
-        ))  # its pooler is unused (SD reads the hidden states) but saved, so loading warns of nothing
+        # its pooler is unused (SD reads the hidden states) but saved, so loading warns of nothing
+        text_encoder = BertModel(BertConfig(**sizes, type_vocab_size=1))
     else:
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
-            num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sizes, bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id))
     latent_size = sample_size // 2 ** (len(vae_channels) - 1)
     n = len(block_channels)
     unet = UNet2DConditionModel(

@@ -122,6 +122,17 @@ def denoiser_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor
     return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * z0
 
 
+def denoiser_mse(pipe, z0: torch.Tensor, texts: list[str], t: torch.Tensor) -> torch.Tensor:
+    """(B,) MSE of the pipeline's denoiser against its target (eps or v) on z0 noised to timesteps t with fresh
+    noise: the pretraining loss before its per-timestep weights."""
+    a = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    eps = torch.randn_like(z0)
+    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
+    pred = pipe.unet(zt, t, encode_prompts(pipe.tokenizer, pipe.text_encoder, texts)).sample
+    target = denoiser_target(z0, eps, a, pipe.scheduler.config.prediction_type)
+    return F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+
+
 def draw_timesteps(n: int, num_timesteps: int, high_noise_fraction: float) -> torch.Tensor:
     """(n,) training timesteps: uniform, except that each is drawn from [0.9 T, T) with prob. high_noise_fraction."""
     t = torch.randint(0, num_timesteps, (n,))
@@ -210,7 +221,7 @@ def encode_prompts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
 
 def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.random.Generator,
                    out_dir: Path, progress: bool) -> float:
-    """Joint UNet + text-encoder training with the DDPM epsilon loss; EMA weights end in `pipe`."""
+    """Joint UNet + text-encoder training with the DDPM loss (eps or v target); EMA weights end in `pipe`."""
     unet, text_encoder, vae, sched = pipe.unet, pipe.text_encoder, pipe.vae, pipe.scheduler
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
@@ -227,13 +238,7 @@ def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.ran
             z0 = vae.encode(x).latent_dist.sample() * scale  # (B, 4, 8, 8), ~unit std
         texts = ["" if rng.random() < cfg.cfg_drop else s.text for s in specs]
         t = draw_timesteps(len(specs), len(alphas_cumprod), cfg.high_noise_fraction)
-        eps = torch.randn_like(z0)
-        a = alphas_cumprod[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
-        pred = unet(zt, t, encode_prompts(pipe.tokenizer, text_encoder, texts)).sample
-        target = denoiser_target(z0, eps, a, sched.config.prediction_type)
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        loss = (loss_weights(alphas_cumprod[t], cfg.loss_weighting) * per_sample).mean()
+        loss = (loss_weights(alphas_cumprod[t], cfg.loss_weighting) * denoiser_mse(pipe, z0, texts, t)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
