@@ -41,6 +41,7 @@ RESULT_TAG = "BENCH_RESULT "
 PIPELINES = {
     "shapes": {"reward": "shapes", "prompts": "shapes:color_binding_train"},
     "sd2": {"reward": "jpeg_compressibility", "prompts": "shapes:color_binding_train"},
+    "sd2-512": {"reward": "jpeg_compressibility", "prompts": "shapes:color_binding_train"},
     "tiny": {"reward": "brightness", "prompts": "shapes:color_binding_train"},
 }
 
@@ -66,20 +67,15 @@ def shapes_pipeline(cache: Path) -> tuple[str, str]:
                       f"cross-attn {cfg.text_dim}, VAE {cfg.vae_channels}): builtin model not shipped yet")
 
 
-def sd2_pipeline(cache: Path, image_size: int = 64) -> tuple[str, str]:
-    """A random pipeline with SD 2.x's layout at smaller widths, saved with save_pretrained.
+def sd_pipeline(out: Path, image_size: int, unet_widths: tuple, heads: tuple, text_width: int, text_layers: int,
+                text_heads: int, vae_widths: tuple) -> str:
+    """A random pipeline with SD 2.x's layout, built from configs and saved with save_pretrained into `out`.
 
     SD 2.x: UNet 3 x CrossAttnDownBlock2D + DownBlock2D, 2 layers per block, linear projections,
-    head dim 64 ("attention_head_dim" (5, 10, 20, 20) = heads at widths (320, 640, 1280, 1280)),
-    77-token OpenCLIP text, 4-level VAE (8x downsampling). Here: widths (32, 64, 128, 128) with
-    heads (1, 2, 4, 4) (head dim 32), cross-attention / text width 128, 4 text layers, 77 tokens,
-    VAE (32, 64, 64, 64) with 2 layers per block. 64x64 images -> 8x8x4 latents.
+    `attention_head_dim` = heads per level, 77-token CLIP text, 4-level VAE (8x downsampling).
     """
-    out = cache / f"sd2_shaped_{image_size}"
-    description = (f"random SD-2.x-shaped: {image_size}px, UNet (32, 64, 128, 128) x2 layers, heads (1, 2, 4, 4), "
-                   "linear proj, cross-attn 128, CLIP text 4x128 (77 tokens), VAE (32, 64, 64, 64)")
     if (out / "model_index.json").is_file():
-        return str(out), description
+        return str(out)
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -91,17 +87,17 @@ def sd2_pipeline(cache: Path, image_size: int = 64) -> tuple[str, str]:
     tokenizer = write_word_tokenizer(vocabulary(), out / "tokenizer")
     tokenizer.model_max_length = 77
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=4 * text_width,
+        num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=77, hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     unet = UNet2DConditionModel(
         sample_size=image_size // 8, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(32, 64, 128, 128),
+        block_out_channels=unet_widths,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=128, attention_head_dim=(1, 2, 4, 4), use_linear_projection=True, norm_num_groups=32)
+        cross_attention_dim=text_width, attention_head_dim=heads, use_linear_projection=True, norm_num_groups=32)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64, 64),
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_widths,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2, norm_num_groups=32, sample_size=image_size, scaling_factor=0.18215)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -110,7 +106,28 @@ def sd2_pipeline(cache: Path, image_size: int = 64) -> tuple[str, str]:
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
-    return str(out), description
+    return str(out)
+
+
+def sd2_pipeline(cache: Path, image_size: int = 64) -> tuple[str, str]:
+    """SD 2.x's layout at smaller widths (a CPU-sized benchmark): UNet (32, 64, 128, 128) with heads (1, 2, 4, 4)
+    (head dim 32), cross-attention / text width 128, 4 text layers, VAE (32, 64, 64, 64); 64x64 images -> 8x8x4 latents.
+    """
+    description = (f"random SD-2.x-shaped: {image_size}px, UNet (32, 64, 128, 128) x2 layers, heads (1, 2, 4, 4), "
+                   "linear proj, cross-attn 128, CLIP text 4x128 (77 tokens), VAE (32, 64, 64, 64)")
+    return sd_pipeline(cache / f"sd2_shaped_{image_size}", image_size, (32, 64, 128, 128), (1, 2, 4, 4), 128, 4, 4,
+                       (32, 64, 64, 64)), description
+
+
+def sd2_full_pipeline(cache: Path) -> tuple[str, str]:
+    """SD 2.x's real sizes (a GPU benchmark): 512x512 images -> 64x64x4 latents, UNet (320, 640, 1280, 1280) with
+    heads (5, 10, 20, 20) (head dim 64; 866M parameters), OpenCLIP-H-sized text encoder (23 layers x 1024),
+    VAE (128, 256, 512, 512). Random weights: the timing does not depend on them."""
+    description = ("random SD 2.x-sized: 512px (64x64x4 latents), UNet (320, 640, 1280, 1280) x2 layers, "
+                   "heads (5, 10, 20, 20), linear proj, cross-attn 1024, CLIP text 23x1024 (77 tokens), "
+                   "VAE (128, 256, 512, 512)")
+    return sd_pipeline(cache / "sd2_full_512", 512, (320, 640, 1280, 1280), (5, 10, 20, 20), 1024, 23, 16,
+                       (128, 256, 512, 512)), description
 
 
 def tiny_pipeline(cache: Path) -> tuple[str, str]:
@@ -125,7 +142,7 @@ def tiny_pipeline(cache: Path) -> tuple[str, str]:
     return str(out), "tiny random test pipeline (16px, UNet (16, 32))"
 
 
-BUILDERS = {"shapes": shapes_pipeline, "sd2": sd2_pipeline, "tiny": tiny_pipeline}
+BUILDERS = {"shapes": shapes_pipeline, "sd2": sd2_pipeline, "sd2-512": sd2_full_pipeline, "tiny": tiny_pipeline}
 
 
 # ----------------------------------------------------------------------------- workers (run in a subprocess)
@@ -136,6 +153,7 @@ def _peak_memory_mb() -> dict:
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
     if torch.cuda.is_available():
         out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["device"] = torch.cuda.get_device_name()
     return out
 
 
@@ -189,6 +207,7 @@ def worker_diffrl(spec: dict) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench_diffrl_"))
     epochs = spec["warmup"] + spec["epochs"]
     config = load_config(overrides={
+        "train.mixed_precision": spec["mixed_precision"], **variant.get("config", {}),
         "model.pretrained": spec["pipeline"], "model.lora_rank": spec["lora_rank"], "model.lora_alpha": spec["lora_rank"],
         "sample.num_steps": spec["steps"], "sample.eta": spec["eta"], "sample.guidance_scale": spec["guidance"],
         "sample.k": spec["k"], "sample.prompts_per_batch": spec["prompts_per_batch"],
@@ -255,7 +274,7 @@ def worker_trl(spec: dict) -> dict:
 
     logdir = tempfile.mkdtemp(prefix="bench_trl_")
     config = DDPOConfig(
-        num_epochs=epochs, seed=spec["seed"], log_with=None, save_freq=10**6, mixed_precision="no",
+        num_epochs=epochs, seed=spec["seed"], log_with=None, save_freq=10**6, mixed_precision=spec["mixed_precision"],
         project_kwargs={"logging_dir": logdir, "automatic_checkpoint_naming": True, "total_limit": 1,
                         "project_dir": logdir},
         sample_num_steps=spec["steps"], sample_eta=spec["eta"], sample_guidance_scale=spec["guidance"],
@@ -316,15 +335,16 @@ def worker_flops(spec: dict) -> dict:
     from diffrl.models.pipeline import add_lora, load_pipeline
 
     torch.set_num_threads(spec["threads"])
-    pipe = load_pipeline(spec["pipeline"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the count is the same; a GPU only gets it sooner
+    pipe = load_pipeline(spec["pipeline"]).to(device)
     add_lora(pipe.unet, spec["lora_rank"], spec["lora_rank"], ["to_k", "to_q", "to_v", "to_out.0"])
     unet = pipe.unet
     c, s = unet.config.in_channels, unet.config.sample_size
     text = pipe.text_encoder.config
     m = 2  # one CFG pair
-    x = torch.randn(m, c, s, s)
-    t = torch.full((m,), 500)
-    emb = torch.randn(m, pipe.tokenizer.model_max_length, text.hidden_size)
+    x = torch.randn(m, c, s, s, device=device)
+    t = torch.full((m,), 500, device=device)
+    emb = torch.randn(m, pipe.tokenizer.model_max_length, text.hidden_size, device=device)
 
     def count(fn) -> int:
         with FlopCounterMode(display=False) as counter:
@@ -333,7 +353,7 @@ def worker_flops(spec: dict) -> dict:
 
     with torch.no_grad():
         fwd = count(lambda: unet(x, t, encoder_hidden_states=emb).sample)
-        vae = count(lambda: pipe.vae.decode(torch.randn(1, c, s, s)).sample)
+        vae = count(lambda: pipe.vae.decode(torch.randn(1, c, s, s, device=device)).sample)
     unet.train()
     fwd_bwd = count(lambda: unet(x, t, encoder_hidden_states=emb).sample.square().mean().backward())
     n = spec["k"] * spec["prompts_per_batch"]
@@ -343,22 +363,31 @@ def worker_flops(spec: dict) -> dict:
     return {"unet_forward_per_image_cfg_pair": fwd, "unet_forward_backward_per_image_cfg_pair": fwd_bwd,
             "backward_over_forward": (fwd_bwd - fwd) / fwd, "vae_decode_per_image": vae,
             "epoch_sample_flops": sample_flops, "epoch_train_flops": train_flops,
-            "epoch_flops": sample_flops + train_flops, "matmul": matmul_rate(spec["threads"])}
+            "epoch_flops": sample_flops + train_flops,
+            "matmul": matmul_rate(spec["threads"], device, "bf16" if spec["mixed_precision"] == "bf16" else
+                                  "fp16" if spec["mixed_precision"] == "fp16" else "fp32")}
 
 
-def matmul_rate(threads: int, size: int = 2048, repeats: int = 5) -> dict:
-    """Best-of-N fp32 GFLOP/s of a size^3 matmul on `threads` threads (the roof for the achieved rate)."""
+def matmul_rate(threads: int, device: str = "cpu", dtype: str = "fp32", repeats: int = 5) -> dict:
+    """Best-of-N GFLOP/s of a square matmul (2048 on CPU, 8192 on a GPU) in the epoch's compute dtype:
+    the roof for the achieved rate. fp32 runs as torch's default (no TF32 on a GPU), as both epochs do."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 8192 if device == "cuda" else 2048
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = (torch.randn(size, size, device=device, dtype=kind) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - start)
-    return {"threads": threads, "size": size, "best_gflops": 2 * size**3 / min(times) / 1e9,
+    return {"threads": threads, "device": device, "dtype": dtype, "size": size,
+            "best_gflops": 2 * size**3 / min(times) / 1e9,
             "median_gflops": 2 * size**3 / statistics.median(times) / 1e9, "load_1min": os.getloadavg()[0]}
 
 
@@ -367,11 +396,18 @@ WORKERS = {"diffrl": worker_diffrl, "trl": worker_trl, "flops": worker_flops}
 
 # ----------------------------------------------------------------------------- orchestration
 
+def has_trl(python: str | Path) -> bool:
+    return subprocess.run([str(python), "-c", "import trl; assert trl.__version__ == '0.23.1'"],
+                          capture_output=True).returncode == 0
+
+
 def ensure_trl_venv() -> Path:
-    """benchmarks/.venv-trl with TRL 0.23.1 (the last release with DDPOTrainer); pins torch first (CPU build)."""
+    """This interpreter if it has TRL 0.23.1 (e.g. a GPU machine with its own torch), else benchmarks/.venv-trl
+    with TRL 0.23.1 (the last release with DDPOTrainer), created with the CPU build of torch pinned first."""
+    if has_trl(sys.executable):
+        return Path(sys.executable)
     python = TRL_VENV / "bin" / "python"
-    if python.is_file() and subprocess.run([str(python), "-c", "import trl; assert trl.__version__ == '0.23.1'"],
-                                           capture_output=True).returncode == 0:
+    if python.is_file() and has_trl(python):
         return python
     print(f"bench: creating {TRL_VENV} (TRL 0.23.1)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
@@ -381,7 +417,8 @@ def ensure_trl_venv() -> Path:
 
 
 def run_worker(python: str, kind: str, spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONWARNINGS="ignore")
     load = os.getloadavg()[0]
     proc = subprocess.run([python, str(Path(__file__).resolve()), "--worker", kind, "--spec", json.dumps(spec)],
@@ -393,14 +430,19 @@ def run_worker(python: str, kind: str, spec: dict, timeout: float) -> dict:
 
 
 def parse_variant(text: str) -> dict:
-    """'chunk_size=8,channels_last' -> {'chunk_size': 8, 'channels_last': True}; 'base' -> {}."""
+    """'chunk_size=8,channels_last' -> {'chunk_size': 8, 'channels_last': True}; 'base' -> {};
+    'train.gradient_checkpointing=true' -> {'config': {'train.gradient_checkpointing': 'true'}} (any diffrl key)."""
     out: dict = {}
     for part in filter(None, text.split(",")):
         key, sep, value = part.partition("=")
         if key == "base":
             continue
+        if "." in key and sep:
+            out.setdefault("config", {})[key] = value
+            continue
         if key not in ("chunk_size", "channels_last", "compile"):
-            raise SystemExit(f"unknown variant key {key!r} (chunk_size=N|all, channels_last, compile)")
+            raise SystemExit(f"unknown variant key {key!r} (chunk_size=N|all, channels_last, compile, "
+                             "or a diffrl config key such as train.gradient_checkpointing=true)")
         out[key] = (value if value == "all" else int(value)) if sep else True
     return out
 
@@ -416,6 +458,9 @@ def summarize(results: list[dict]) -> dict:
         row = {key: statistics.median(e[key] for e in epochs) for key in ("images_per_s", "sample_s", "reward_s", "train_s")}
         row["epoch_s"] = statistics.median(e["sample_s"] + e["reward_s"] + e["train_s"] for e in epochs)
         row["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in runs)
+        if "cuda_max_allocated_mb" in runs[0]:
+            row["cuda_max_allocated_mb"] = statistics.median(r["cuda_max_allocated_mb"] for r in runs)
+            row["device"] = runs[0]["device"]
         row["rss_after_import_mb"] = statistics.median(r["rss_after_import_mb"] for r in runs)
         row["warmup_epoch_s"] = statistics.median(r["warmup_epoch_s"][0] for r in runs) if runs[0]["warmup_epoch_s"] else None
         row["load_1min"] = [round(r["load_1min_before"], 2) for r in runs]
@@ -429,31 +474,38 @@ def summarize(results: list[dict]) -> dict:
             for label, row in rows.items():
                 if label != "trl":
                     row["ratio_vs_trl"] = {k: row[k] / rows["trl"][k] for k in
-                                           ("images_per_s", "epoch_s", "sample_s", "train_s", "reward_s", "peak_rss_mb")
-                                           if rows["trl"][k]}
+                                           ("images_per_s", "epoch_s", "sample_s", "train_s", "reward_s", "peak_rss_mb",
+                                            "cuda_max_allocated_mb") if rows["trl"].get(k)}
     return table
 
 
 def markdown(table: dict, meta: dict) -> str:
-    lines = [f"threads={meta['threads']}, load(1 min) seen: {meta['load_seen']}", "",
-             "| pipeline | impl | images/s | epoch s | sample s | reward s | train s | peak RSS MB | "
-             "img/s vs TRL | RSS vs TRL |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per (pipeline, implementation); peak memory is the GPU's max allocated where there is one, else RSS."""
+    gpu = any("cuda_max_allocated_mb" in r for rows in table.values() for r in rows.values())
+    memory = "cuda_max_allocated_mb" if gpu else "peak_rss_mb"
+    devices = sorted({r["device"] for rows in table.values() for r in rows.values() if "device" in r})
+    lines = [f"threads={meta['threads']}, mixed precision {meta['settings']['mixed_precision']}, "
+             f"device {', '.join(devices) or 'CPU'}, load(1 min) seen: {meta['load_seen']}", "",
+             f"| pipeline | impl | images/s | epoch s | sample s | reward s | train s | {'GPU peak' if gpu else 'peak RSS'} MB | "
+             "img/s vs TRL | memory vs TRL |", "|---|---|---|---|---|---|---|---|---|---|"]
     for pipe, rows in table.items():
         for label, r in rows.items():
             ratio = r.get("ratio_vs_trl", {})
-            shown = {k: f"{ratio[k]:.2f}x" if k in ratio else "-" for k in ("images_per_s", "peak_rss_mb")}
-            lines.append(f"| {pipe} | {label} | {r['images_per_s']:.2f} | {r['epoch_s']:.1f} | {r['sample_s']:.1f} | "
-                         f"{r['reward_s']:.2f} | {r['train_s']:.1f} | {r['peak_rss_mb']:.0f} | "
-                         f"{shown['images_per_s']} | {shown['peak_rss_mb']} |")
+            shown = {k: f"{ratio[k]:.2f}x" if k in ratio else "-" for k in ("images_per_s", memory)}
+            lines.append(f"| {pipe} | {label} | {r['images_per_s']:.2f} | {r['epoch_s']:.2f} | {r['sample_s']:.2f} | "
+                         f"{r['reward_s']:.2f} | {r['train_s']:.2f} | {r[memory]:.0f} | "
+                         f"{shown['images_per_s']} | {shown[memory]} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pipelines", default="shapes,sd2", help="comma list of shapes, sd2, tiny, or a pipeline dir")
+    parser.add_argument("--pipelines", default="shapes,sd2",
+                        help="comma list of shapes, sd2, sd2-512 (SD 2.x's real sizes: a GPU benchmark), tiny, or a pipeline dir")
     parser.add_argument("--impls", default="diffrl,trl", help="comma list of diffrl, trl")
     parser.add_argument("--variants", nargs="*", default=["base"],
-                        help="diffrl variants, each 'base' or comma-joined chunk_size=N|all, channels_last, compile")
+                        help="diffrl variants, each 'base' or comma-joined chunk_size=N|all, channels_last, compile "
+                             "or diffrl config keys (train.gradient_checkpointing=true)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (fresh processes each)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first in each process")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs in each process")
@@ -467,6 +519,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minibatches", type=int, default=2)
     parser.add_argument("--timestep-fraction", type=float, default=1.0)
     parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no",
+                        help="both implementations' accelerate mixed precision (diffrl: train.mixed_precision, its "
+                             "frozen weights in that dtype; TRL: DDPOConfig.mixed_precision); 'no' = fp32")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="record a failed measurement and go on (default: stop at the first failure)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flops", action="store_true", help="also count FLOPs and time the matmul roof")
     parser.add_argument("--flops-only", action="store_true")
@@ -489,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {"k": args.k, "prompts_per_batch": args.prompts_per_batch, "steps": args.steps, "eta": args.eta,
             "guidance": args.guidance, "inner_epochs": args.inner_epochs, "minibatches": args.minibatches,
             "timestep_fraction": args.timestep_fraction, "lora_rank": args.lora_rank, "seed": args.seed,
-            "threads": args.threads, "warmup": args.warmup, "epochs": args.epochs}
+            "threads": args.threads, "warmup": args.warmup, "epochs": args.epochs, "mixed_precision": args.mixed_precision}
     pipes = {}
     for name in filter(None, args.pipelines.split(",")):
         if name in BUILDERS:
@@ -499,11 +556,41 @@ def main(argv: list[str] | None = None) -> int:
             pipes[Path(name).name] = dict(PIPELINES["tiny"], pipeline=name, description=name)
     meta = {"settings": base, "pipelines": pipes, "threads": args.threads, "python": sys.version.split()[0],
             "cpu_count": os.cpu_count(), "start_load_1min": os.getloadavg()[0]}
-    results, flops = [], {}
+    results, flops, failures = [], {}, []
+
+    def measure(python: str, kind: str, spec: dict) -> dict | None:
+        try:
+            return run_worker(python, kind, spec, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as err:
+            if not args.keep_going:
+                raise
+            failures.append({"kind": kind, "spec": spec, "error": str(err)[-3000:]})
+            print(f"bench: FAILED {kind} {spec.get('variant') or ''}: {str(err)[-1500:]}", flush=True)
+            return None
+
+    def report() -> dict:  # after every measurement: a run stopped early keeps what it measured
+        meta["load_seen"] = sorted({round(r["load_1min_before"], 1) for r in results})
+        table = summarize(results) if results else {}
+        for name, f in flops.items():
+            for row in table.get(name, {}).values():
+                row["achieved_gflops"] = f["epoch_flops"] / row["epoch_s"] / 1e9
+                row["sample_gflops"] = f["epoch_sample_flops"] / row["sample_s"] / 1e9
+                row["train_gflops"] = f["epoch_train_flops"] / row["train_s"] / 1e9
+                for phase in ("achieved", "sample", "train"):
+                    row[f"{phase}_fraction_of_matmul_roof"] = row[f"{phase}_gflops"] / f["matmul"]["best_gflops"]
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"meta": meta, "table": table, "flops": flops, "runs": results,
+                                                  "failures": failures}, indent=1))
+            if table:
+                Path(args.out).with_suffix(".md").write_text(markdown(table, meta) + "\n")
+        return table
+
     if args.flops or args.flops_only:
         for name, p in pipes.items():
-            flops[name] = run_worker(sys.executable, "flops", dict(base, **p), args.timeout)
-            print(f"bench: flops {name}: {json.dumps(flops[name])}", flush=True)
+            if (counted := measure(sys.executable, "flops", dict(base, **p))) is not None:
+                flops[name] = counted
+                print(f"bench: flops {name}: {json.dumps(counted)}", flush=True)
     runs = [("trl", "trl", {})] if "trl" in impls else []
     if "diffrl" in impls:
         runs = [("diffrl", "diffrl" if v == "base" else f"diffrl[{v}]", parse_variant(v)) for v in args.variants] + runs
@@ -512,27 +599,23 @@ def main(argv: list[str] | None = None) -> int:
             for kind, label, variant in runs:
                 spec = dict(base, **p, variant=variant)
                 python = trl_python if kind == "trl" else sys.executable
-                result = run_worker(python, kind, spec, args.timeout)
+                result = measure(python, kind, spec)
+                if result is None:
+                    continue
                 result.update(pipeline_name=name, label=label, round=round_)
                 results.append(result)
                 e = result["epochs"][-1]
+                gpu = f"  GPU peak {result['cuda_max_allocated_mb']:.0f} MB" if "cuda_max_allocated_mb" in result else ""
                 print(f"bench: round {round_} {name:7s} {label:28s} {e['images_per_s']:.2f} img/s  sample "
-                      f"{e['sample_s']:.1f}s reward {e['reward_s']:.2f}s train {e['train_s']:.1f}s  "
-                      f"peak {result['peak_rss_mb']:.0f} MB  load {result['load_1min_before']:.2f}", flush=True)
-    meta["load_seen"] = sorted({round(r["load_1min_before"], 1) for r in results})
-    table = summarize(results) if results else {}
-    report = {"meta": meta, "table": table, "flops": flops, "runs": results}
-    for name, f in flops.items():
-        for label, row in table.get(name, {}).items():
-            row["achieved_gflops"] = f["epoch_flops"] / row["epoch_s"] / 1e9
-            row["fraction_of_matmul_roof"] = row["achieved_gflops"] / f["matmul"]["best_gflops"]
+                      f"{e['sample_s']:.2f}s reward {e['reward_s']:.2f}s train {e['train_s']:.2f}s  "
+                      f"peak {result['peak_rss_mb']:.0f} MB{gpu}  load {result['load_1min_before']:.2f}", flush=True)
+                report()
+    table = report()
     if table:
         print(markdown(table, meta))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
-        if table:
-            Path(args.out).with_suffix(".md").write_text(markdown(table, meta) + "\n")
+    if failures:
+        print(f"bench: {len(failures)} measurement(s) failed (see 'failures' in the JSON)", flush=True)
+        return 1
     return 0
 
 

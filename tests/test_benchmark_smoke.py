@@ -32,6 +32,8 @@ def test_variant_parsing():
     assert bench.parse_variant("base") == {}
     assert bench.parse_variant("chunk_size=8,channels_last") == {"chunk_size": 8, "channels_last": True}
     assert bench.parse_variant("chunk_size=all") == {"chunk_size": "all"}
+    assert bench.parse_variant("chunk_size=16,train.gradient_checkpointing=true") == {
+        "chunk_size": 16, "config": {"train.gradient_checkpointing": "true"}}
 
 
 def test_time_to_target_readout_arithmetic_and_the_degenerate_case():

@@ -163,3 +163,15 @@ def test_frozen_dtype_auto_is_fp32_on_cpu(tiny_pipeline_dir, prompt_file, tmp_pa
     assert train(tiny_pipeline_dir, prompt_file, tmp_path / "auto") == 0
     (run,) = captured_runs
     assert {p.dtype for m in frozen_modules(run.pipe) for p in m.parameters()} == {torch.float32}
+
+
+def test_allow_tf32_sets_the_process_wide_torch_flags(tiny_pipeline_dir, prompt_file, tmp_path):
+    """train.allow_tf32 reaches torch's TF32 switches (they only act on NVIDIA GPUs; set on CPU too)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        assert train(tiny_pipeline_dir, prompt_file, tmp_path / "off", "--set", "train.allow_tf32=false") == 0
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (False, False)
+        assert train(tiny_pipeline_dir, prompt_file, tmp_path / "on") == 0  # the default
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

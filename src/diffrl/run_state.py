@@ -86,6 +86,12 @@ class RunState:
         return f"eval/{next(iter(self.eval_rewards))}"
 
 
+def use_tf32(enabled: bool) -> None:
+    """TF32 for fp32 matrix products and convolutions on GPUs that have it (process-wide torch flags)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def start_run(config: Config, resume: bool) -> RunState:
     """Everything the loop needs, loaded once: prompts, rewards, pipeline, optimizer, RNGs, restored state, logger.
 
@@ -95,6 +101,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     check_device(config, torch.cuda.is_available())  # adamw8bit, fp16 frozen weights: fail before anything loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+    use_tf32(config.train.allow_tf32)
     # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available())
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
