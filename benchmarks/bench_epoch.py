@@ -364,13 +364,14 @@ def worker_flops(spec: dict) -> dict:
             "backward_over_forward": (fwd_bwd - fwd) / fwd, "vae_decode_per_image": vae,
             "epoch_sample_flops": sample_flops, "epoch_train_flops": train_flops,
             "epoch_flops": sample_flops + train_flops,
-            "matmul": matmul_rate(spec["threads"], device, "bf16" if spec["mixed_precision"] == "bf16" else
-                                  "fp16" if spec["mixed_precision"] == "fp16" else "fp32")}
+            "matmul": matmul_rate(spec["threads"], device, {"no": "fp32"}.get(spec["mixed_precision"],
+                                                                              spec["mixed_precision"]))}
 
 
 def matmul_rate(threads: int, device: str = "cpu", dtype: str = "fp32", repeats: int = 5) -> dict:
     """Best-of-N GFLOP/s of a square matmul (2048 on CPU, 8192 on a GPU) in the epoch's compute dtype:
-    the roof for the achieved rate. fp32 runs as torch's default (no TF32 on a GPU), as both epochs do."""
+    the roof for the achieved rate. fp32 is full fp32 (torch's default, no TF32): an epoch that uses TF32
+    (train.allow_tf32, TRL's allow_tf32, cuDNN's convolutions) can run above it."""
     import torch
 
     torch.set_num_threads(threads)

@@ -49,8 +49,8 @@ def main() -> None:
         parser.error(f"only {len(held_out)} pairs are left for --held-out-pairs after --pairs {args.pairs}")
     specs = chosen + [inverted(s) for s in chosen]
 
-    def batch(n: int, pool_=None):
-        drawn = [(pool_ or specs)[i] for i in rng.integers(len(pool_ or specs), size=n)]
+    def batch(n: int, drawn_from=specs):
+        drawn = [drawn_from[i] for i in rng.integers(len(drawn_from), size=n)]
         with torch.no_grad():
             z0 = pipe.vae.encode(to_tensor(np.stack([render(s, rng) for s in drawn]))).latent_dist.mean
         return drawn, z0 * pipe.vae.config.scaling_factor
