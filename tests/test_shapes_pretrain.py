@@ -70,6 +70,27 @@ def test_zero_terminal_snr_pretraining_regresses_on_v_and_saves_a_plain_pipeline
         pretrain(tmp_path / "bad", PretrainConfig(**TINY, zero_terminal_snr=True, loss_weighting="v"), progress=False)
 
 
+def test_init_continues_a_saved_pipeline_keeping_its_autoencoder_and_schedule(tmp_path):
+    pretrain(tmp_path / "base", PretrainConfig(**TINY, zero_terminal_snr=True), progress=False, threads=1)
+    phase = PretrainConfig(**{**TINY, "vae_steps": 50}, init=str(tmp_path / "base"), high_noise_fraction=1.0,
+                           category_weights={"single": 0.0, "color_binding": 0.0, "counting": 0.0, "spatial": 1.0})
+    pretrain(tmp_path / "phase", phase, progress=False, threads=1)
+    base, cont = load(tmp_path / "base"), load(tmp_path / "phase")
+    assert cont.scheduler.config.rescale_betas_zero_snr and cont.scheduler.config.prediction_type == "v_prediction"
+    assert cont.vae.config.scaling_factor == base.vae.config.scaling_factor
+    for name in ("vae", "unet", "text_encoder"):  # the autoencoder is kept; the denoiser (started from base) moved
+        same = all(torch.equal(a, b) for a, b in zip(getattr(base, name).state_dict().values(),
+                                                      getattr(cont, name).state_dict().values()))
+        assert same == (name == "vae"), name
+    drift = max((a - b).abs().max().item() for a, b in zip(base.unet.state_dict().values(),
+                                                           cont.unet.state_dict().values()))
+    assert drift < 0.02  # three small AdamW steps from the base's weights, not a fresh random UNet
+    with pytest.raises(ValueError, match="init"):
+        PretrainConfig(init=str(tmp_path / "base"), zero_terminal_snr=True).check()
+    with pytest.raises(ValueError, match="model_index"):
+        PretrainConfig(init=str(tmp_path / "missing")).check()
+
+
 def test_pretrain_is_deterministic(tmp_path):
     for run in ("a", "b"):
         pretrain(tmp_path / run, PretrainConfig(**TINY), progress=False, threads=1)

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--high-noise-fraction", type=float, default=defaults.high_noise_fraction, metavar="F",
                    help="fraction of each batch trained at the noisiest tenth of the timesteps, where the layout is "
                         "decided (default: %(default)s, uniform timesteps)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="continue from this saved pipeline (its autoencoder, text encoder and schedule are kept; only "
+                        "the denoiser phase runs), e.g. a spatial-only high-noise phase after the usual pretraining")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     p.set_defaults(func=_pretrain)
@@ -83,7 +86,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
                          loss_weighting=args.loss_weighting, zero_terminal_snr=args.zero_terminal_snr,
-                         high_noise_fraction=args.high_noise_fraction, bidirectional_text=args.bidirectional_text)
+                         high_noise_fraction=args.high_noise_fraction, bidirectional_text=args.bidirectional_text,
+                         init=args.init)
     if args.category_weights:
         cfg.category_weights = args.category_weights
     try:

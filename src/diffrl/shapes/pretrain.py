@@ -95,6 +95,11 @@ class PretrainConfig:
     (docs/tuning.md section 10)."""
     save_every: int = 1000
     """Save the pipeline every this many denoiser steps (so an interrupted run leaves a model)."""
+    init: str | None = None
+    """Continue from this saved pipeline instead of a random one: its autoencoder, text encoder and noise schedule are
+    kept (vae_steps is ignored) and only the denoiser phase runs, with this config's prompts, timesteps and steps.
+    For a curriculum: a phase on one category at the high-noise steps after the usual pretraining
+    (docs/tuning.md section 11)."""
 
     def check(self) -> None:
         """ValueError for settings that contradict each other."""
@@ -103,6 +108,11 @@ class PretrainConfig:
         if self.zero_terminal_snr and self.loss_weighting != "epsilon":
             raise ValueError("zero_terminal_snr predicts v, whose plain MSE already weights the steps as "
                              "loss_weighting 'v' does; leave loss_weighting at 'epsilon' (1/alpha_bar is infinite at t=T)")
+        if self.init is not None and (self.zero_terminal_snr or self.bidirectional_text):
+            raise ValueError("init continues a saved pipeline with its own schedule and text encoder; "
+                             "zero_terminal_snr and bidirectional_text only apply to a model built from scratch")
+        if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
+            raise ValueError(f"init {self.init!r} is not a saved pipeline directory (no model_index.json)")
 
 
 LOSS_WEIGHTINGS = ("epsilon", "v")
@@ -290,17 +300,21 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig | None = None, progress: b
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     start = time.time()
-    pipe = build_tiny_pipeline(
-        out_dir, vocabulary(), sample_size=cfg.image_size, block_channels=cfg.block_channels,
-        cross_attention_dim=cfg.text_dim, vae_channels=cfg.vae_channels, text_layers=cfg.text_layers,
-        seed=cfg.seed, bidirectional_text=cfg.bidirectional_text,
-    )
-    if cfg.zero_terminal_snr:
-        pipe.scheduler = zero_terminal_snr_scheduler(pipe.scheduler)
     sample = PromptSampler(cfg, rng)
-    vae_mse = train_vae(pipe.vae, cfg, sample, progress)
+    if cfg.init is not None:
+        pipe = load_pipeline(cfg.init)
+        vae_mse = None
+    else:
+        pipe = build_tiny_pipeline(
+            out_dir, vocabulary(), sample_size=cfg.image_size, block_channels=cfg.block_channels,
+            cross_attention_dim=cfg.text_dim, vae_channels=cfg.vae_channels, text_layers=cfg.text_layers,
+            seed=cfg.seed, bidirectional_text=cfg.bidirectional_text,
+        )
+        if cfg.zero_terminal_snr:
+            pipe.scheduler = zero_terminal_snr_scheduler(pipe.scheduler)
+        vae_mse = train_vae(pipe.vae, cfg, sample, progress)
+        pipe.vae.register_to_config(scaling_factor=fit_scaling_factor(pipe.vae, sample))
     pipe.vae.requires_grad_(False)
-    pipe.vae.register_to_config(scaling_factor=fit_scaling_factor(pipe.vae, sample))
     vae_time = time.time() - start
     unet_loss = train_denoiser(pipe, cfg, sample, rng, out_dir, progress)
     pipe.save_pretrained(out_dir, safe_serialization=True)
