@@ -7,6 +7,8 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH=docs/tuning
 # Base models (section 6). The shipped model is `nocb` (PretrainConfig's defaults); sections 1-5 ran on `v1`, the
 # model shipped until 2026-11-30 (every category in pretraining), so their rows train with --model runs/pretrain/v1.
+SPATIAL_ONLY="--category-weights spatial=1,single=0,counting=0"
+REPAIR="--unet-steps 1000 --high-noise-fraction 0.3"  # every category at its default weight
 declare -A PRETRAIN=(
   [v1]="--category-weights color_binding=1"
   [u2000]="--category-weights color_binding=1 --unet-steps 2000"
@@ -20,7 +22,16 @@ declare -A PRETRAIN=(
   [zsnr_hn30]="--zero-terminal-snr --high-noise-fraction 0.3"      # section 10 (stopped after its 2,000-step save)
   [zsnr_hn50]="--zero-terminal-snr --high-noise-fraction 0.5"      # section 10
   [zsnr_hn50_bert]="--zero-terminal-snr --high-noise-fraction 0.5 --bidirectional-text"  # section 10
+  # section 11: phases after zsnr (--init: the named model is built first)
+  [zsnr_hn80]="--init runs/pretrain/zsnr --unet-steps 2000 --high-noise-fraction 0.8"
+  [zsnr_spB]="--init runs/pretrain/zsnr --unet-steps 2000 $SPATIAL_ONLY --high-noise-fraction 0.5"
+  [zsnr_spA]="--init runs/pretrain/zsnr --unet-steps 2000 $SPATIAL_ONLY --high-noise-fraction 1.0"
+  [zsnr_spA_fix]="--init runs/pretrain/zsnr_spA $REPAIR"
 )
+for n in 500 650 800 1000 1250; do  # section 11: shorter spatial phases, each followed by the same repair phase
+  PRETRAIN[zsnr_spA$n]="--init runs/pretrain/zsnr --unet-steps $n $SPATIAL_ONLY --high-noise-fraction 1.0"
+  PRETRAIN[zsnr_spA${n}_fix]="--init runs/pretrain/zsnr_spA$n $REPAIR"
+done
 V1="--model runs/pretrain/v1"
 OLD="--set train.clip_range=0.2 --set train.inner_epochs=1 --set train.minibatches=2 --set train.learning_rate=5e-4"
 REUSE="--set train.inner_epochs=4 --set train.minibatches=4"   # sections 1-6's default for clipped estimators
@@ -32,6 +43,7 @@ FRESH="--set sample.prompts_per_batch=64 --set train.inner_epochs=1 --set train.
 XATTN="--set model.lora_target_modules=attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0"
 HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard3 --set run.eval_images_per_prompt=16"
 SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
+SP650="--model runs/pretrain/zsnr_spA650_fix $SPATIAL --set run.eval_every=10"
 declare -A RUNS=(
   [old_defaults]="$V1 $P16 $OLD --epochs 60"
   [overfit3]="$V1 $HARD3 $OLD6 --set train.learning_rate=1e-3 --epochs 20"
@@ -75,6 +87,13 @@ declare -A RUNS=(
   # section 9: LoRA capacity, a wider trust region
   [h_r16]="$FRESH --epochs 40 --set model.lora_rank=16 --set model.lora_alpha=16"
   [h_clip2x]="$FRESH --epochs 40 --set train.clip_range=1.875e-3"
+  # section 11: spatial RL from the base with the vertical relations only (build it first: reproduce.sh
+  # zsnr_spA650_fix); the docs' runs were stopped at the epoch their table gives (sp650_dense ran at 2 threads)
+  [sp650_dense]="$SP650 --epochs 180"
+  [sp650_success]="$SP650 --epochs 120 --reward shapes_success"
+  [sp650_graded]="$SP650 --epochs 120 --reward shapes_graded"
+  [sp650_success_te]="$SP650 --epochs 100 --reward shapes_success --set model.train_text_encoder=true"
+  [sp650_success_first3]="$SP650 --epochs 100 --reward shapes_success --set train.first_steps=3"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
@@ -84,10 +103,17 @@ for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
 if (($#)); then names=("$@"); else names=("${!PRETRAIN[@]}" "${!RUNS[@]}"); fi  # base models first
+pretrain_model() {  # build runs/pretrain/$1 unless it exists, after the model its --init names
+  local init
+  [[ -f runs/pretrain/$1/pretrain_config.json ]] && return
+  init=$(sed -n 's|.*--init runs/pretrain/\([^ ]*\).*|\1|p' <<< "${PRETRAIN[$1]}")
+  [[ -n $init ]] && pretrain_model "$init"
+  # shellcheck disable=SC2086
+  diffrl shapes pretrain --out "runs/pretrain/$1" --threads 1 ${PRETRAIN[$1]}
+}
 for name in "${names[@]}"; do
   if [[ -v PRETRAIN[$name] ]]; then
-    # shellcheck disable=SC2086
-    [[ -f runs/pretrain/$name/pretrain_config.json ]] || diffrl shapes pretrain --out "runs/pretrain/$name" --threads 1 ${PRETRAIN[$name]}
+    pretrain_model "$name"
     continue
   fi
   # shellcheck disable=SC2086

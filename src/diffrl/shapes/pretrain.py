@@ -97,7 +97,8 @@ class PretrainConfig:
     """Save the pipeline every this many denoiser steps (so an interrupted run leaves a model)."""
     init: str | None = None
     """Continue from this saved pipeline instead of a random one: its autoencoder, text encoder and noise schedule are
-    kept (vae_steps is ignored) and only the denoiser phase runs, with this config's prompts, timesteps and steps.
+    kept (vae_steps and the architecture fields above are ignored) and only the denoiser phase runs, with this config's
+    prompts, timesteps, steps and optimizer settings.
     For a curriculum: a phase on one category at the high-noise steps after the usual pretraining
     (docs/tuning.md section 11)."""
 
