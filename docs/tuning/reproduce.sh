@@ -94,6 +94,8 @@ declare -A RUNS=(
   [sp650_graded]="$SP650 --epochs 120 --reward shapes_graded"
   [sp650_success_te]="$SP650 --epochs 100 --reward shapes_success --set model.train_text_encoder=true"
   [sp650_success_first3]="$SP650 --epochs 100 --reward shapes_success --set train.first_steps=3"
+  [sp650_success_k16]="$SP650 --epochs 100 --reward shapes_success --k 16 --set sample.prompts_per_batch=16"
+  [sp650_success_lr3e-3]="$SP650 --epochs 80 --reward shapes_success --set train.learning_rate=3e-3"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
