@@ -4,7 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from diffrl.core.ddim import ddim_step_with_log_prob, gaussian_kl, gaussian_log_prob, schedule_noise_stds, trained_steps
+from diffrl.core.ddim import (ddim_step_with_log_prob, gaussian_kl, gaussian_log_prob, schedule_noise_stds,
+                              schedule_x0_coefficients, trained_steps, x0_coefficient)
 
 
 def make_scheduler():
@@ -158,3 +159,30 @@ def test_trained_steps_hand_computed():
     assert trained_steps(2, 5, stds, 0.05).tolist() == [2]  # a B2 interval: the last 3 steps
     assert trained_steps(0, 5, stds, 0.0).tolist() == [0, 1, 2, 3, 4]
     assert trained_steps(3, 5, stds, 0.05).tolist() == []
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_x0_coefficient_is_the_step_means_derivative_in_the_predicted_image(eta):
+    abar_t, abar_prev = torch.tensor([0.3]), torch.tensor([0.6])
+    x_t = torch.full((1, 1, 1, 1), 0.7)
+    x0 = torch.full((1, 1, 1, 1), -0.4, requires_grad=True)
+    eps = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()  # the model output that predicts x0
+    alphas = torch.tensor([0.9, 0.6, 0.3])
+    mean = ddim_step_with_log_prob(eps, torch.tensor([2]), torch.tensor([1]), x_t, alphas, 1.0, eta,
+                                   noise=torch.zeros(1, 1, 1, 1)).mean
+    (slope,) = torch.autograd.grad(mean.sum(), x0)
+    coefficient = x0_coefficient(abar_t, abar_prev, eta)
+    assert math.isclose(slope.item(), coefficient.item(), rel_tol=1e-5)
+    if eta == 1.0:  # DDPM's posterior coefficient (abar_prev - abar_t) / (sqrt(abar_prev) (1 - abar_t))
+        assert math.isclose(coefficient.item(), 0.3 / (math.sqrt(0.6) * 0.7), rel_tol=1e-5)
+
+
+def test_schedule_x0_coefficients_are_small_at_the_first_steps():
+    scheduler = make_scheduler()
+    timesteps = scheduler.timesteps
+    prev = timesteps - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    coefficients = schedule_x0_coefficients(timesteps, prev, scheduler.alphas_cumprod, scheduler.final_alpha_cumprod,
+                                            eta=1.0)
+    abar_t, abar_prev = scheduler.alphas_cumprod[timesteps], scheduler.alphas_cumprod[prev.clamp(min=0)]
+    torch.testing.assert_close(coefficients[:-1], ((abar_prev - abar_t) / (abar_prev.sqrt() * (1 - abar_t)))[:-1])
+    assert coefficients[0] < 0.15 and (coefficients[:-1].diff() > 0).all()  # the mean barely follows x0 at high noise

@@ -6,7 +6,7 @@ import torch
 
 from diffrl.core import advantages as adv
 from diffrl.core.estimators import ESTIMATORS, compute_advantages
-from diffrl.core.losses import calibrated_clip_range, clipped_surrogate, policy_gradient
+from diffrl.core.losses import calibrated_clip_range, clipped_surrogate, noise_aware_step_weights, policy_gradient
 
 
 def test_leave_one_out_hand_computed():
@@ -122,3 +122,17 @@ def test_calibrated_clip_range_matches_the_log_ratio_of_a_kappa_sized_mean_shift
     log_ratio = (-(x - shifted) ** 2 + x**2) / (2 * sigma**2)  # per dimension
     for reduce, reduced in (("mean", log_ratio.mean(1)), ("sum", log_ratio.sum(1))):
         assert math.isclose(float(reduced.std()), calibrated_clip_range(d, reduce, kappa), rel_tol=0.05)
+
+
+def test_noise_aware_step_weights_hand_computed():
+    stds, coefficients = torch.tensor([0.8, 0.6, 0.4, 0.04]), torch.tensor([0.1, 0.3, 0.4, 0.9])
+    steps = torch.tensor([0, 1, 2])  # the last step is not trained (min_noise_std)
+    # sigma / c = 8, 2, 1 on the trained steps, mean 11/3
+    torch.testing.assert_close(noise_aware_step_weights(stds, coefficients, steps, 1.0),
+                               torch.tensor([24 / 11, 6 / 11, 3 / 11, 0.0]))
+    # power 0.5: sqrt(8), sqrt(2), 1 over their mean
+    root = torch.tensor([8.0, 2.0, 1.0]).sqrt()
+    torch.testing.assert_close(noise_aware_step_weights(stds, coefficients, steps, 0.5)[:3], root / root.mean())
+    torch.testing.assert_close(noise_aware_step_weights(stds, coefficients, steps, 0.0), torch.tensor([1.0, 1, 1, 0]))
+    one = noise_aware_step_weights(stds, coefficients, torch.tensor([1]), 1.0)  # one trained step: weight 1
+    torch.testing.assert_close(one, torch.tensor([0.0, 1, 0, 0]))

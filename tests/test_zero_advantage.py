@@ -50,6 +50,6 @@ def test_skipping_zero_advantage_pairs_leaves_the_run_unchanged(algo, tiny_pipel
             assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     w_skip, w_all = weights(tmp_path / "skip", EPOCHS), weights(tmp_path / "all", EPOCHS)
     assert any(w.abs().max() > 0 for key, w in w_all.items() if "lora_B" in key)  # trained: B starts at 0
-    for key in w_all:
-        torch.testing.assert_close(w_skip[key], w_all[key], rtol=1e-4, atol=1e-6)
+    for key in w_all:  # float32 summation order differs by CPU; GRPO's std division amplifies it to ~2e-6
+        torch.testing.assert_close(w_skip[key], w_all[key], rtol=1e-4, atol=1e-5)
 

@@ -73,6 +73,7 @@ class TrainConfig:
     loo_std: str = opt("none", "Divide leave-one-out advantages by a std: 'none', 'group' or 'batch'.")
     min_noise_std: float = opt(0.05, "Train only denoising steps whose noise std sigma_t (DDIM; the SDE step std for SD3) is at least this. With SD's schedule the last two steps have sigma_t 0.04 and 0.02 at any step count (0.26-0.78 before them at 10 steps); their log-prob gradients scale as 1/sigma_t and drown the reward signal of the other steps (docs/shapesworld.md). 0: every step, as DDPO.")
     first_steps: int | None = opt(None, "Train only the first N denoising steps (the high-noise ones, which decide the layout: on ShapesWorld spatial prompts the first 3 of 10 steps fix 77% of the success variance; docs/tuning.md). None: every step (within min_noise_std and B2's interval).")
+    step_weight_power: float = opt(0.0, "Weight each trained step's surrogate by (sigma_t / c_t)^p, scaled to mean 1 over the trained steps, where c_t is how far the step's mean moves per unit of predicted x0 (noise-aware weighting, as TempFlow-GRPO's). Under uniform weights the first, high-noise steps, which decide the layout, get a few percent of the update (c_t / sigma_t = 0.042 at the first of 10 zero-terminal-SNR steps, 0.13 under SD 1.x/2.x's schedule, against 1.0-5.1 at the last trained ones). 1: every step's log-density equally sensitive to x0; 0: uniform (DDPO).")
     timestep_fraction: float = opt(1.0, "Fraction of the trainable denoising steps trained per sample (random subset).")
     max_grad_norm: float = opt(1.0, "Gradient-norm clip.")
     mixed_precision: str = opt("no", "'no', 'fp16' or 'bf16' (accelerate).")
@@ -283,6 +284,7 @@ def validate(config: Config) -> Config:
         (t.adv_clip_max > 0, "train.adv_clip_max must be > 0"),
         (t.loo_std in ("none", "group", "batch"), "train.loo_std must be none, group or batch"),
         (t.first_steps is None or t.first_steps >= 1, "train.first_steps must be >= 1 (or none: every step)"),
+        (t.step_weight_power >= 0, "train.step_weight_power must be >= 0 (0: uniform)"),
         (0 < t.timestep_fraction <= 1, "train.timestep_fraction must be in (0, 1]"),
         (t.min_noise_std >= 0, "train.min_noise_std must be >= 0"),
         (t.max_grad_norm > 0, "train.max_grad_norm must be > 0"),

@@ -28,6 +28,7 @@ from diffrl.config import (LR_SCHEDULES, RESUMABLE_KEYS, Config, check_device, f
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
+from diffrl.core.losses import noise_aware_step_weights
 from diffrl.core.estimators import ESTIMATORS, Estimator
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
@@ -202,10 +203,26 @@ def start_run(config: Config, resume: bool) -> RunState:
               + (f", clip range {resolved_clip_range(config, run.latent_shape):.3g}" if estimator.clipped else "")
               + (f", lr schedule {t.lr_schedule} ({t.lr_warmup_updates} warmup of {total_updates(config)} updates)"
                  if t.lr_schedule != "constant" or t.lr_warmup_updates else "")
+              + (f", step weights {format_step_weights(run, steps)} (train.step_weight_power {t.step_weight_power:g})"
+                 if t.step_weight_power else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")
     return run
+
+
+def step_weights(run: RunState, steps: torch.Tensor) -> torch.Tensor | None:
+    """train.step_weight_power's weight of each step's surrogate over these trained steps, (T,); None: uniform."""
+    power = run.config.train.step_weight_power
+    if not power:
+        return None
+    x0_coefficients = run.policy.x0_coefficients(run.timesteps, run.prev_timesteps)
+    return noise_aware_step_weights(run.step_stds, x0_coefficients, steps, power)
+
+
+def format_step_weights(run: RunState, steps: torch.Tensor) -> str:
+    """The trained steps' weights, first to last, for the start message."""
+    return "/".join(f"{w:.2g}" for w in step_weights(run, steps)[steps].tolist())
 
 
 def epoch_steps(config: Config, step_stds: torch.Tensor, epoch: int) -> tuple[torch.Tensor, int, int | None]:

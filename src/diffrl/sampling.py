@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrl.core.ddim import ddim_step_with_log_prob, schedule_noise_stds
-from diffrl.core.flow import flow_noise_std, flow_sde_step_with_log_prob
+from diffrl.core.ddim import ddim_step_with_log_prob, schedule_noise_stds, schedule_x0_coefficients
+from diffrl.core.flow import flow_noise_std, flow_sde_step_with_log_prob, flow_x0_coefficient
 from diffrl.models.pipeline import is_sd3
 
 
@@ -56,6 +56,11 @@ class Policy:
     def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
         """sigma_t of each step of a schedule, (T,)."""
         return schedule_noise_stds(timesteps, prev_timesteps, self.alphas_cumprod, self.final_alpha_cumprod, self.eta)
+
+    def x0_coefficients(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
+        """d mu / d x0_pred of each step of a schedule, (T,) (`core.ddim.x0_coefficient`)."""
+        return schedule_x0_coefficients(timesteps, prev_timesteps, self.alphas_cumprod, self.final_alpha_cumprod,
+                                        self.eta)
 
     def guided_noise(self, x: Tensor, t: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
         """eps = eps_u + w (eps_c - eps_u) in one UNet call on the doubled batch. x: (M, C, h, w), t: (M,)."""
@@ -121,6 +126,10 @@ class FlowPolicy:
     def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
         """The std of each step's Gaussian, (T,)."""
         return flow_noise_std(timesteps, prev_timesteps, self.noise_level)
+
+    def x0_coefficients(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
+        """d mu / d x0_pred of each step, (T,) (`core.flow.flow_x0_coefficient`)."""
+        return flow_x0_coefficient(timesteps, prev_timesteps, self.noise_level).cpu()
 
     def guided_velocity(self, x: Tensor, t: Tensor, cond: PromptEmbeds, uncond: PromptEmbeds) -> Tensor:
         """v = v_u + w (v_c - v_u) in one transformer call on the doubled batch. x: (M, C, h, w), t: (M,) sigmas."""

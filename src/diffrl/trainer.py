@@ -26,7 +26,7 @@ from diffrl.core.estimators import compute_advantages
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
 from diffrl.rewards.base import check_rewards
-from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, restore, save,
+from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, step_weights, restore, save,
                               set_rng_states, rng_states, start_run, write_config)
 from diffrl.runlog import finish_report, image_grid
 from diffrl.sampling import Trajectories, cat_embeds, encode_prompts, sample_trajectories
@@ -102,7 +102,8 @@ def run_epoch(epoch: int, run: RunState) -> dict:
         mine = slice(rank * len(traj), (rank + 1) * len(traj))  # this rank's slice of the gathered samples
         batch = Batch(traj, embeds, advantages=torch.as_tensor(all_adv[mine], dtype=torch.float32, device=device),
                       selected=torch.nonzero(torch.as_tensor(keep[mine])).reshape(-1), steps=steps,
-                      prompts=texts[::run.config.sample.k * branches(run.config)])  # sampling's sample layout
+                      prompts=texts[::run.config.sample.k * branches(run.config)],  # sampling's sample layout
+                      step_weights=step_weights(run, steps))
         metrics.update(update(run, batch, loss_fn=pair_loss))  # this module's pair_loss: tests swap it
     else:  # not one finite reward on any rank: nothing to learn from; counts as one skipped update
         metrics["updates"] = 0

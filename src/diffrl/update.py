@@ -43,6 +43,7 @@ class Batch:
     selected: torch.Tensor  # indices of the samples to train on (finite reward, B2's sibling selection)
     steps: torch.Tensor  # the denoising steps that may be trained
     prompts: list[str] | None = None  # the text of each row of embeds (model.train_text_encoder re-encodes them)
+    step_weights: torch.Tensor | None = None  # (T,) weight of each step's surrogate (train.step_weight_power); None: 1
 
 
 @dataclass
@@ -163,8 +164,10 @@ def pair_loss(run: RunState, batch: Batch, sample_ids: torch.Tensor, step_ids: t
     with accelerator.autocast():
         prompts = chunk_embeds(run, batch, rows, run.train_text_encoder)
         result = policy.step(*step_args, *prompts, prev_sample=x_prev)
-    terms = run.estimator.loss(result.log_prob.float(), traj.log_probs[sample_ids, step_ids],
-                               batch.advantages[sample_ids], clip_range)
+    advantages = batch.advantages[sample_ids]
+    if batch.step_weights is not None:  # scaling a pair's advantage scales its gradient, inside the clip or not
+        advantages = advantages * batch.step_weights.to(device)[step_ids]
+    terms = run.estimator.loss(result.log_prob.float(), traj.log_probs[sample_ids, step_ids], advantages, clip_range)
     kl = torch.zeros((), device=device)
     if run.config.train.kl_coef:
         unet = accelerator.unwrap_model(policy.unet)

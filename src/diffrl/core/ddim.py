@@ -114,6 +114,31 @@ def schedule_noise_stds(timesteps: Tensor, prev_timesteps: Tensor, alphas_cumpro
     return noise_std(*abar_pair(timesteps, prev_timesteps, alphas_cumprod, final_alpha_cumprod), eta).cpu()
 
 
+def direction_coefficient(abar_t: Tensor, abar_prev: Tensor, eta: float) -> Tensor:
+    """sqrt(1 - abar_prev - sigma_t^2), the weight of eps in mu, as sqrt((1 - abar_prev) (1 - eta^2 (1 - abar_t /
+    abar_prev) / (1 - abar_t))): exactly 0 at zero terminal SNR's first step (abar_t = 0, eta = 1), where the
+    difference of squares leaves a rounding residue of ~6e-8 whose root (2e-4) would leak eps into the mean."""
+    return ((1 - abar_prev) * (1 - eta**2 * (1 - abar_t / abar_prev) / (1 - abar_t))).clamp(min=0).sqrt()
+
+
+def x0_coefficient(abar_t: Tensor, abar_prev: Tensor, eta: float) -> Tensor:
+    """d mu / d x0_pred at fixed x_t: how far the step's mean moves per unit change of the predicted clean image
+    (eps follows x0_pred, since x_t = sqrt(abar_t) x0_pred + sqrt(1 - abar_t) eps).
+
+    sqrt(abar_prev) - sqrt(1 - abar_prev - sigma_t^2) sqrt(abar_t / (1 - abar_t)); at eta = 1 this is DDPM's
+    posterior coefficient (abar_prev - abar_t) / (sqrt(abar_prev) (1 - abar_t)). It is small where the layout is
+    decided: 0.042 at the first of 10 steps under a zero-terminal-SNR schedule, against a sigma_t of 0.999.
+    """
+    return abar_prev.sqrt() - direction_coefficient(abar_t, abar_prev, eta) * (abar_t / (1 - abar_t)).sqrt()
+
+
+def schedule_x0_coefficients(timesteps: Tensor, prev_timesteps: Tensor, alphas_cumprod: Tensor,
+                             final_alpha_cumprod: Tensor | float, eta: float) -> Tensor:
+    """`x0_coefficient` of every step of a sampling schedule, (T,), on the CPU."""
+    abar_t, abar_prev = abar_pair(timesteps, prev_timesteps, alphas_cumprod, final_alpha_cumprod)
+    return x0_coefficient(abar_t, abar_prev, eta).cpu()
+
+
 def trained_steps(first_step: int, end_step: int, stds: Tensor, min_std: float) -> Tensor:
     """Indices in [first_step, end_step) whose sigma_t >= min_std.
 
@@ -163,5 +188,5 @@ def ddim_step_with_log_prob(
 
     x0_pred, eps = x0_and_epsilon(model_output, sample, abar_t, prediction_type)
     std = noise_std(abar_t, abar_prev, eta)
-    mean = abar_prev.sqrt() * x0_pred + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
+    mean = abar_prev.sqrt() * x0_pred + direction_coefficient(abar_t, abar_prev, eta) * eps
     return gaussian_action(mean, std, eta == 0, prev_sample, generator, noise, reduce)

@@ -43,6 +43,13 @@ def flow_noise_std(sigma: Tensor, sigma_next: Tensor, noise_level: float) -> Ten
     return flow_sigma_t(sigma, sigma_next, noise_level) * (sigma - sigma_next).sqrt()
 
 
+def flow_x0_coefficient(sigma: Tensor, sigma_next: Tensor, noise_level: float) -> Tensor:
+    """d mu / d x0_pred of the SDE step at fixed x_t, x0_pred = x_t - sigma v: (-dt / sigma) (1 + sigma_t^2 (1 - sigma) / (2 sigma))
+    (the velocity's coefficient in mu, times d v / d x0_pred = -1 / sigma)."""
+    sigma_t = flow_sigma_t(sigma, sigma_next, noise_level)
+    return (sigma - sigma_next) / sigma * (1 + sigma_t**2 * (1 - sigma) / (2 * sigma))
+
+
 def flow_sde_step_with_log_prob(
     model_output: Tensor,
     sigma: Tensor | float,

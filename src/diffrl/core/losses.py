@@ -45,6 +45,22 @@ def calibrated_clip_range(latent_dims: int, reduce: str, kappa: float = CLIP_KAP
     raise ValueError(f"unknown reduction {reduce!r}; use mean or sum")
 
 
+def noise_aware_step_weights(stds: Tensor, x0_coefficients: Tensor, steps: Tensor, power: float) -> Tensor:
+    """Per-step weights of the surrogate, (T,): (sigma_t / c_t)^power over the trained `steps`, scaled to mean 1
+    there (0 elsewhere); c_t = d mu_t / d x0_pred.
+
+    A step's score-function gradient reaches the predicted image through c_t / sigma_t: at the first, high-noise
+    steps, where the layout is decided, the mean moves the sample by a few percent of the noise it adds, so those
+    steps get a small share of the update under uniform weights. power = 1 gives every step the same sensitivity
+    of its log-density to x0_pred (TempFlow-GRPO weights its steps by their noise level for the same reason);
+    power = 0 is uniform (DDPO).
+    """
+    ratio = (stds / x0_coefficients.abs().clamp(min=1e-12)) ** power
+    weights = torch.zeros_like(stds)
+    weights[steps] = ratio[steps] / ratio[steps].mean()
+    return weights
+
+
 def _diagnostics(log_prob: Tensor, old_log_prob: Tensor) -> tuple[Tensor, Tensor]:
     """(approx_kl, ratio) without gradients."""
     with torch.no_grad():
