@@ -9,6 +9,22 @@
 # schedule, 256 images per epoch) and the built-in model have changed since (docs/tuning.md), so the exact
 # numbers come from running this script in a checkout of 2cc3481: `git worktree add ../diffrl-2cc3481 2cc3481`.
 set -euo pipefail
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 13, today's defaults (docs/results/README.md "Figure 2 at 10,240 images"): `bash docs/results/reproduce.sh fig2-cb`
+# runs only this part. Colour binding on the shipped base, 40 epochs x 256 images per run, held-out evaluation every
+# 5 epochs; first a learning-rate sweep per method on seed 0, then 3 seeds at the chosen rate. Resumable: the same
+# command (or `diffrl compare --resume runs/cmp2/fig2-cb`) skips finished runs and resumes unfinished ones.
+fig2_cb() {
+  diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 \
+    --set run.eval_every=5 --set run.threads=1 --set run.progress=false \
+    --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out runs/cmp2/fig2-cb
+  diffrl report runs/cmp2/fig2-cb/runs/*/seed* --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 \
+    --out docs/results/figure2-cb
+  rm -f docs/results/figure2-cb/report.html
+}
+if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
+
+# Everything below: the 2026-11-23 figures, at commit 2cc3481.
 OUT=${OUT:-runs/figs}
 COMMON="--seeds 16,27,42 --budget 576 --k 4 --set run.eval_every=3 --set run.threads=1 --set run.progress=false"
 CB="--prompts shapes:color_binding_unseen-train --set run.eval_prompts=shapes:color_binding_unseen-val --set run.eval_images_per_prompt=4"
@@ -33,3 +49,4 @@ done
 diffrl report $OUT/cb-a/$R/{ppo,loop}/seed* $OUT/cb-b/$R/{ppo,loop}_b2*/seed* --out docs/results/b2-color_binding
 for D in cb-a cb-b spatial counting; do cp $OUT/$D/compare.json docs/results/compare-$D.json; done
 rm -f docs/results/*/report.html   # its image links point into runs/, which is not committed
+
