@@ -44,6 +44,7 @@ XATTN="--set model.lora_target_modules=attn2.to_q,attn2.to_k,attn2.to_v,attn2.to
 HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard3 --set run.eval_images_per_prompt=16"
 SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
 SP650="--model runs/pretrain/zsnr_spA650_fix $SPATIAL --set run.eval_every=10"
+SP800="--model runs/pretrain/zsnr_spA800_fix $SPATIAL --set run.eval_every=10"
 declare -A RUNS=(
   [old_defaults]="$V1 $P16 $OLD --epochs 60"
   [overfit3]="$V1 $HARD3 $OLD6 --set train.learning_rate=1e-3 --epochs 20"
@@ -96,6 +97,11 @@ declare -A RUNS=(
   [sp650_success_first3]="$SP650 --epochs 100 --reward shapes_success --set train.first_steps=3"
   [sp650_success_k16]="$SP650 --epochs 100 --reward shapes_success --k 16 --set sample.prompts_per_batch=16"
   [sp650_success_lr3e-3]="$SP650 --epochs 80 --reward shapes_success --set train.learning_rate=3e-3"
+  # section 12: noise-aware step weights (train.step_weight_power), on the demo and on spatial relations from a
+  # rebuilt curriculum base (reproduce.sh zsnr_spA800_fix)
+  [h_w1]="$FRESH --epochs 35 --set train.step_weight_power=1"
+  [sp800_success]="$SP800 --epochs 60 --reward shapes_success"
+  [sp800_success_w1]="$SP800 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
