@@ -124,8 +124,8 @@ class FlowPolicy:
     logprob_reduce: str = "mean"
 
     def noise_stds(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
-        """The std of each step's Gaussian, (T,)."""
-        return flow_noise_std(timesteps, prev_timesteps, self.noise_level)
+        """The std of each step's Gaussian, (T,), on the CPU like `Policy.noise_stds` (the trained steps index it)."""
+        return flow_noise_std(timesteps, prev_timesteps, self.noise_level).cpu()
 
     def x0_coefficients(self, timesteps: Tensor, prev_timesteps: Tensor) -> Tensor:
         """d mu / d x0_pred of each step, (T,) (`core.flow.flow_x0_coefficient`)."""

@@ -26,8 +26,8 @@ from diffrl.core.estimators import compute_advantages
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
 from diffrl.rewards.base import check_rewards
-from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, step_weights, restore, save,
-                              set_rng_states, rng_states, start_run, write_config)
+from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, restore, save,
+                              set_rng_states, rng_states, start_run, step_weights, write_config)
 from diffrl.runlog import finish_report, image_grid
 from diffrl.sampling import Trajectories, cat_embeds, encode_prompts, sample_trajectories
 from diffrl.update import Batch, count_update, pair_loss, resolved_clip_range, update
