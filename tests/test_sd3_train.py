@@ -205,3 +205,27 @@ def test_flow_grpo_preset_trains_on_the_tiny_sd3_pipeline(sd3_dir, sd3_prompts, 
     assert any(".lora_B." in k and v.abs().sum() > 0 for k, v in lora.items())
     record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["updates"] == 2 and record["trained_steps"] == 2
+
+
+def test_evaluate_takes_the_flow_noise_level_and_refuses_eta_on_sd3(sd3_dir, sd3_prompts, tmp_path, capsys):
+    """SD3 is evaluated at --flow-noise-level (0: plain diffusers' ODE sampler), recorded in results.json and checked
+    against --baseline; --eta, a DDIM setting SD3 does not use, is refused instead of ignored."""
+    common = ["evaluate", "--model", str(sd3_dir), "--prompts", str(sd3_prompts), "--images-per-prompt", "1",
+              "--reward", "brightness"]
+    assert main([*common, "--flow-noise-level", "0", "--out", str(tmp_path / "ode")]) == 0
+    ode = json.loads((tmp_path / "ode" / "results.json").read_text())
+    assert ode["sampling"] == {"num_steps": 10, "guidance_scale": 3.0, "flow_noise_level": 0.0}
+    assert "flow noise level 0.0" in capsys.readouterr().out
+    assert main([*common, "--flow-noise-level", "0.7", "--out", str(tmp_path / "sde")]) == 0
+    sde = json.loads((tmp_path / "sde" / "results.json").read_text())
+    assert sde["metrics"]["brightness"]["overall"]["mean"] != ode["metrics"]["brightness"]["overall"]["mean"]
+    assert main([*common, "--baseline", str(tmp_path / "ode" / "results.json"), "--out", str(tmp_path / "x")]) == 2
+    assert "differs in sampling" in capsys.readouterr().err
+    assert main([*common, "--eta", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "--flow-noise-level" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_evaluate_refuses_the_flow_noise_level_on_a_ddim_model(tiny_pipeline_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tiny_pipeline_dir), "--prompts", "shapes:single_val",
+                 "--flow-noise-level", "0", "--out", str(tmp_path / "e")]) == 2
+    assert "use --eta" in capsys.readouterr().err and not (tmp_path / "e").exists()

@@ -36,7 +36,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's, else the config's)")
     p.add_argument("--eta", type=float, help="DDIM eta >= 0 (default: the run's, else the config's); 0 is the "
                                              "deterministic sampler plain diffusers uses by default (DDIMScheduler, "
-                                             "eta 0). SD3 samples with the run's sample.flow_noise_level instead")
+                                             "eta 0). DDIM models only (SD3: --flow-noise-level)")
+    p.add_argument("--flow-noise-level", type=float, metavar="A",
+                   help="flow models (SD3) only: the SDE sampler's noise level a >= 0 (default: the run's "
+                        "sample.flow_noise_level, else the config's); 0 is the deterministic Euler ODE step plain "
+                        "diffusers' StableDiffusion3Pipeline samples with")
     p.add_argument("--out", type=Path, help="output dir for results.json + grid.png (default: RUN/evaluate "
                                             "or runs/evaluate)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -142,7 +146,7 @@ def run(args) -> int:
 
     from diffrl.config import Config
     from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
-    from diffrl.models.pipeline import denoiser, image_size, load_pipeline, resolve_model
+    from diffrl.models.pipeline import denoiser, image_size, load_pipeline, pipeline_class_name, resolve_model
     from diffrl.prompts import load_prompts
     from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
@@ -158,8 +162,9 @@ def run(args) -> int:
     steps = defaults.sample.num_steps if args.steps is None else args.steps
     guidance = defaults.sample.guidance_scale if args.guidance is None else args.guidance
     eta = defaults.sample.eta if args.eta is None else args.eta
-    if n < 1 or steps < 1 or eta < 0 or guidance < 0:  # eta 0 (deterministic) is fine: evaluation needs no log-prob
-        raise DiffrlError("--images-per-prompt and --steps must be >= 1, --eta and --guidance >= 0")
+    flow_noise_level = defaults.sample.flow_noise_level if args.flow_noise_level is None else args.flow_noise_level
+    if n < 1 or steps < 1 or min(eta, flow_noise_level, guidance) < 0:  # 0 noise is fine: no log-prob needed here
+        raise DiffrlError("--images-per-prompt and --steps must be >= 1, --eta, --flow-noise-level and --guidance >= 0")
     if args.prompts:
         prompt_spec, prompts = args.prompts, load_prompts(args.prompts).all()
     else:
@@ -168,23 +173,24 @@ def run(args) -> int:
     reward_config.run.reward = args.reward or defaults.run.reward
     names = eval_reward_names(reward_config, prompts)  # the reward's parts, + shapes_success on ShapesWorld prompts
     rewards = {name: get_reward(name) for name in names}
-    sampling = {"num_steps": steps, "guidance_scale": guidance, "eta": eta}
-    baseline = load_baseline(args.baseline, [p for p, _ in prompts], n, args.seed, sampling) if args.baseline else None
     model = args.model or defaults.model.pretrained
-    resolve_model(model)
+    revision = defaults.model.revision if run_config is not None else None
+    flow = pipeline_class_name(resolve_model(model), revision) == "StableDiffusion3Pipeline"
+    sampling = {"num_steps": steps, "guidance_scale": guidance, **noise_setting(args, flow, eta, flow_noise_level)}
+    baseline = load_baseline(args.baseline, [p for p, _ in prompts], n, args.seed, sampling) if args.baseline else None
     out = args.out or (lora / "evaluate" if run_config is not None else Path("runs/evaluate"))
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    pipe = load_pipeline(model, defaults.model.revision if run_config is not None else None)
+    pipe = load_pipeline(model, revision)
     if torch.cuda.is_available():
         pipe.to("cuda")
     loaded = load_weights(pipe, lora) if lora is not None else None
-    network = denoiser(pipe)  # SD3: the transformer, sampled with the run's sample.flow_noise_level
+    network = denoiser(pipe)  # SD3: the transformer
     device = network.device
-    policy = make_policy(pipe, network, device, dataclasses.replace(defaults.sample, eta=eta, guidance_scale=guidance,
-                                                                     logprob_reduce="mean"))
+    policy = make_policy(pipe, network, device, dataclasses.replace(
+        defaults.sample, eta=eta, flow_noise_level=flow_noise_level, guidance_scale=guidance, logprob_reduce="mean"))
     size = image_size(pipe, defaults.model.resolution)
     latent_shape = (network.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
     images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape,
@@ -212,8 +218,9 @@ def run(args) -> int:
     first = names[0]
     image_grid(*_grid_rows(images, texts, scores[first], categories, n), columns=min(n, 8)).save(out / "grid.png")
 
+    noise = f"flow noise level {flow_noise_level}" if flow else f"eta {eta}"
     print(f"diffrl: evaluate: {len(prompts)} prompts x {n} images, seed {args.seed}, {steps} steps, guidance "
-          f"{guidance}, eta {eta}; mean [95% CI over prompts]")
+          f"{guidance}, {noise}; mean [95% CI over prompts]")
     for name, stats in summary.items():
         rows = [("overall", stats["overall"])] + list(stats["categories"].items()) if len(stats["categories"]) > 1 \
             else [("overall", stats["overall"])]
@@ -228,6 +235,17 @@ def run(args) -> int:
                   f"equal {c['equal']}")
     print(f"diffrl: evaluate: wrote {out / 'results.json'} and {out / 'grid.png'}")
     return 0
+
+
+def noise_setting(args, flow: bool, eta: float, flow_noise_level: float) -> dict:
+    """The sampler's noise as results.json records it: {'eta': E} for DDIM models, {'flow_noise_level': A} for flow
+    models (SD3); the other model family's flag is refused rather than silently ignored."""
+    if flow and args.eta is not None:
+        raise DiffrlError("--eta is for DDIM models; this is a flow model (SD3): use --flow-noise-level (0: the "
+                          "deterministic sampler of plain diffusers)")
+    if not flow and args.flow_noise_level is not None:
+        raise DiffrlError("--flow-noise-level is for flow models (SD3); this pipeline samples with DDIM: use --eta")
+    return {"flow_noise_level": flow_noise_level} if flow else {"eta": eta}
 
 
 def load_baseline(path: Path, prompts: list[str], images_per_prompt: int, seed: int, sampling: dict) -> dict:
