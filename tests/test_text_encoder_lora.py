@@ -106,3 +106,21 @@ def test_bad_settings_are_one_line_errors(model, extra, message, request, prompt
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (out / "config.yaml").exists()
+
+
+
+def test_a_text_encoder_other_than_clip_is_a_one_line_error(prompt_file, tmp_path, capsys):
+    """ShapesWorld's --bidirectional-text models have a BERT text encoder, whose adapters diffusers' load_lora_weights
+    cannot restore: refused before training, in one line."""
+    from diffrl.models.tiny import build_tiny_pipeline
+    from tests.conftest import WORDS
+
+    model = tmp_path / "bert_sd"
+    build_tiny_pipeline(model, WORDS, sample_size=16, block_channels=(16, 32), cross_attention_dim=16,
+                        vae_channels=(16, 32), seed=0, bidirectional_text=True)
+    capsys.readouterr()  # building it prints progress bars
+    out = tmp_path / "run"
+    assert main(train_args(model, prompt_file, out, *TE)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "supports CLIP text encoders" in err and "this pipeline's is a BertModel" in err
+    assert len(err.splitlines()) == 1 and not (out / "config.yaml").exists()

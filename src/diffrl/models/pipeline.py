@@ -130,14 +130,27 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: lis
 
 
 # The CLIP text encoder's attention projections (transformers' CLIPAttention), as diffusers' DreamBooth LoRA script
-# targets them; model.train_text_encoder puts adapters there.
+# targets them; model.train_text_encoder puts adapters there. diffusers' load_lora_weights only restores text-encoder
+# adapters under these names (0.36 converts no others), so other encoders (a BERT one, as ShapesWorld's
+# --bidirectional-text builds) are refused rather than exported in a form plain diffusers cannot load.
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+TEXT_ENCODER_LORA_CLASS = "CLIPTextModel"
+
+
+def text_encoder_lora_targets(text_encoder: torch.nn.Module) -> list[str]:
+    """The module names `add_text_encoder_lora` targets; a one-line error for a text encoder other than CLIP's."""
+    kind = type(text_encoder).__name__
+    if kind != TEXT_ENCODER_LORA_CLASS:
+        raise DiffrlError(f"model.train_text_encoder supports CLIP text encoders ({TEXT_ENCODER_LORA_CLASS}, whose "
+                          f"adapters diffusers' load_lora_weights restores); this pipeline's is a {kind}: set "
+                          "model.train_text_encoder=false")
+    return TEXT_ENCODER_LORA_TARGETS
 
 
 def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float) -> None:
-    """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x CLIP text encoder's
+    """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x text encoder's
     attention projections; zero B matrices, as `add_lora`, so it starts as the base encoder."""
-    add_lora(text_encoder, rank, alpha, TEXT_ENCODER_LORA_TARGETS)
+    add_lora(text_encoder, rank, alpha, text_encoder_lora_targets(text_encoder))
 
 
 def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
