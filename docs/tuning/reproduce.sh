@@ -45,6 +45,7 @@ HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard
 SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
 SP650="--model runs/pretrain/zsnr_spA650_fix $SPATIAL --set run.eval_every=10"
 SP800="--model runs/pretrain/zsnr_spA800_fix $SPATIAL --set run.eval_every=10"
+SP1000="--model runs/pretrain/zsnr_spA1000_fix $SPATIAL --set run.eval_every=10"  # section 13
 declare -A RUNS=(
   [old_defaults]="$V1 $P16 $OLD --epochs 60"
   [overfit3]="$V1 $HARD3 $OLD6 --set train.learning_rate=1e-3 --epochs 20"
@@ -102,11 +103,15 @@ declare -A RUNS=(
   [h_w1]="$FRESH --epochs 35 --set train.step_weight_power=1"
   [sp800_success]="$SP800 --epochs 60 --reward shapes_success"
   [sp800_success_w1]="$SP800 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
+  [sp1000_success]="$SP1000 --epochs 60 --reward shapes_success"
+  [sp1000_success_w1]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
+  [sp1000_success_w1_cos]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
-  [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3")
+  [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
+  [sp1000_success_w1]="1")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
