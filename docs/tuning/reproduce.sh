@@ -105,6 +105,8 @@ declare -A RUNS=(
   [sp800_success_w1]="$SP800 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
   [sp1000_success]="$SP1000 --epochs 60 --reward shapes_success"
   [sp1000_success_w1]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
+  [sp800_success_sptrain]="--model runs/pretrain/zsnr_spA800_fix --prompts shapes:spatial_train --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10 --epochs 60 --reward shapes_success"
+  [sp1000_success_w1_sptrain]="--model runs/pretrain/zsnr_spA1000_fix --prompts shapes:spatial_train --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
   [sp1000_success_w1_cos]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
