@@ -22,7 +22,19 @@ fig2_cb() {
     --out docs/results/figure2-cb
   rm -f docs/results/figure2-cb/report.html
 }
+# Figure 3 at 10,240 images (docs/results/README.md): LOOP K = 4, 3, 2 at about 256 images and 16 updates per epoch
+# (64 x 4, 85 x 3, 128 x 2), learning rate 1e-3; PPO is fig2_cb's run. `bash docs/results/reproduce.sh fig3-cb`.
+fig3_cb() {
+  local seeds=${SEEDS:-0,}
+  diffrl compare --algos loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128 \
+    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
+    --set run.progress=false --target eval/shapes_success=0.55 --out runs/cmp2/fig3-cb
+  diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/*/seed* --target eval/shapes_success=0.50 \
+    --target eval/shapes_success=0.55 --target eval/shapes_success=0.60 --out docs/results/figure3-cb
+  rm -f docs/results/figure3-cb/report.html
+}
 if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
+if [[ "${1:-}" == fig3-cb ]]; then fig3_cb; exit 0; fi
 
 # Everything below: the 2026-11-23 figures, at commit 2cc3481.
 OUT=${OUT:-runs/figs}
