@@ -249,7 +249,8 @@ def test_evaluate_full_finetune_run_loads_its_unet(tiny_pipeline_dir, prompt_fil
     (["compare", "--algos", "loop:k", "--budget", "8"], "expected ALGO:k=N"),
     (["report", "{tmp}"], "is not a diffrl run directory"),
     (["evaluate", "--lora", "{tmp}"], "not a run directory"),
-    (["evaluate", "--eta", "-1"], "--eta and --guidance >= 0"),
+    (["evaluate", "--eta", "-1"], "--eta, --flow-noise-level and --guidance >= 0"),
+    (["evaluate", "--flow-noise-level", "-1"], "--eta, --flow-noise-level and --guidance >= 0"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
