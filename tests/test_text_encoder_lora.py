@@ -108,7 +108,6 @@ def test_bad_settings_are_one_line_errors(model, extra, message, request, prompt
     assert not (out / "config.yaml").exists()
 
 
-
 def test_a_text_encoder_other_than_clip_is_a_one_line_error(prompt_file, tmp_path, capsys):
     """ShapesWorld's --bidirectional-text models have a BERT text encoder, whose adapters diffusers' load_lora_weights
     cannot restore: refused before training, in one line."""

@@ -146,7 +146,7 @@ def run(args) -> int:
 
     from diffrl.config import Config
     from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
-    from diffrl.models.pipeline import denoiser, image_size, load_pipeline, pipeline_class_name, resolve_model
+    from diffrl.models.pipeline import denoiser, image_size, is_sd3_source, load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
     from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
@@ -175,7 +175,7 @@ def run(args) -> int:
     rewards = {name: get_reward(name) for name in names}
     model = args.model or defaults.model.pretrained
     revision = defaults.model.revision if run_config is not None else None
-    flow = pipeline_class_name(resolve_model(model), revision) == "StableDiffusion3Pipeline"
+    flow = is_sd3_source(resolve_model(model), revision)
     sampling = {"num_steps": steps, "guidance_scale": guidance, **noise_setting(args, flow, eta, flow_noise_level)}
     baseline = load_baseline(args.baseline, [p for p, _ in prompts], n, args.seed, sampling) if args.baseline else None
     out = args.out or (lora / "evaluate" if run_config is not None else Path("runs/evaluate"))

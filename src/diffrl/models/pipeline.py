@@ -58,11 +58,16 @@ def is_sd3(pipe) -> bool:
     return isinstance(pipe, StableDiffusion3Pipeline)
 
 
+def is_sd3_source(source: str, revision: str | None = None) -> bool:
+    """`is_sd3` before loading: whether the resolved pipeline source's model_index.json names SD3's pipeline."""
+    return pipeline_class_name(source, revision) == "StableDiffusion3Pipeline"
+
+
 def load_pipeline(spec: str, revision: str | None = None):
     """A StableDiffusionPipeline with a DDIM scheduler, or a StableDiffusion3Pipeline with its flow-matching
     scheduler, all weights frozen, in eval mode."""
     source = resolve_model(spec)
-    sd3 = pipeline_class_name(source, revision) == "StableDiffusion3Pipeline"
+    sd3 = is_sd3_source(source, revision)
     try:
         if sd3:
             pipe = StableDiffusion3Pipeline.from_pretrained(source, revision=revision)
@@ -148,7 +153,7 @@ def text_encoder_lora_targets(text_encoder: torch.nn.Module) -> list[str]:
 
 
 def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float) -> None:
-    """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x text encoder's
+    """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x CLIP text encoder's
     attention projections; zero B matrices, as `add_lora`, so it starts as the base encoder."""
     add_lora(text_encoder, rank, alpha, text_encoder_lora_targets(text_encoder))
 
