@@ -32,8 +32,8 @@ from diffrl.core.losses import noise_aware_step_weights
 from diffrl.core.estimators import ESTIMATORS, Estimator
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
-from diffrl.models.pipeline import (add_lora, add_text_encoder_lora, denoiser, denoiser_name, frozen_modules,
-                                    image_size, is_sd3, load_pipeline, resolve_model, save_lora)
+from diffrl.models.pipeline import (add_lora, add_text_encoder_lora, check_text_encoder_trainable, denoiser,
+                                    denoiser_name, frozen_modules, image_size, load_pipeline, resolve_model, save_lora)
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
@@ -120,9 +120,8 @@ def start_run(config: Config, resume: bool) -> RunState:
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
-    if config.model.train_text_encoder and is_sd3(pipe):
-        raise DiffrlError("model.train_text_encoder is for SD 1.x/2.x pipelines (one CLIP text encoder); "
-                          f"{config.model.pretrained} is an SD3 pipeline: set model.train_text_encoder=false")
+    if config.model.train_text_encoder:
+        check_text_encoder_trainable(pipe, config.model.pretrained)
     unet = denoiser(pipe)  # SD3: the transformer
     # train.frozen_dtype ('auto': the mixed-precision dtype on a GPU, fp32 on CPU). Frozen weights in half
     # precision save memory (as DDPO); LoRA adapters stay fp32 (peft 0.21 creates them in the base layer's dtype:

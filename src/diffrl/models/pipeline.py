@@ -152,6 +152,15 @@ def text_encoder_lora_targets(text_encoder: torch.nn.Module) -> list[str]:
     return TEXT_ENCODER_LORA_TARGETS
 
 
+def check_text_encoder_trainable(pipe, source: str) -> None:
+    """model.train_text_encoder's start-up check, before any weights move: an SD 1.x/2.x pipeline with a CLIP
+    text encoder (one-line error otherwise)."""
+    if is_sd3(pipe):
+        raise DiffrlError("model.train_text_encoder is for SD 1.x/2.x pipelines (one CLIP text encoder); "
+                          f"{source} is an SD3 pipeline: set model.train_text_encoder=false")
+    text_encoder_lora_targets(pipe.text_encoder)
+
+
 def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float) -> None:
     """Attach trainable LoRA adapters (peft, through transformers' add_adapter) to an SD 1.x/2.x CLIP text encoder's
     attention projections; zero B matrices, as `add_lora`, so it starts as the base encoder."""
