@@ -224,6 +224,17 @@ def relation_holds(subject: Component, other: Component, relation: str) -> bool:
     return relation_margin(subject, other, relation) > 0
 
 
+def constraint_names(spec: PromptSpec) -> list[str]:
+    """A name for each entry of `constraints(found, spec)`, in its order ("color 1", "shape 1", ..., "relation",
+    "object count"); object i is spec.objects[i - 1], so "1" is a spatial prompt's subject."""
+    names = [f"{kind} {i}" for i in range(1, len(spec.objects) + 1) for kind in ("color", "shape")]
+    if spec.category == "counting":
+        names.append("count of the object")
+    elif spec.category == "spatial":
+        names.append("relation")
+    return names + ["object count"]
+
+
 def constraints(found: list[Component], spec: PromptSpec, relation_softness: float | None = None) -> list[float]:
     """The prompt's constraints on the detected objects, in the order the module docstring lists.
 

@@ -1,0 +1,57 @@
+"""benchmarks/failure_modes.py's tally on rendered ShapesWorld images (no model) and scorer.constraint_names."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffrl.shapes.scorer import constraint_names, constraints, find_objects
+from diffrl.shapes.world import BACKGROUND, prompt_set, render
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "failure_modes.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("failure_modes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("category, expected", [
+    ("single", ["color 1", "shape 1", "object count"]),
+    ("color_binding", ["color 1", "shape 1", "color 2", "shape 2", "object count"]),
+    ("counting", ["color 1", "shape 1", "count of the object", "object count"]),
+    ("spatial", ["color 1", "shape 1", "color 2", "shape 2", "relation", "object count"]),
+])
+def test_constraint_names_match_the_constraints(category, expected):
+    spec = prompt_set(category, "train")[0]
+    image = render(spec, np.random.default_rng(0))
+    assert constraint_names(spec) == expected
+    assert len(constraints(find_objects(image[None])[0], spec)) == len(expected)
+
+
+def test_tally_on_true_renders_and_on_blank_images():
+    tally = load_script().tally
+    specs = prompt_set("spatial", "train")[:3]
+    rendered = np.stack([render(s, np.random.default_rng(i)) for i, s in enumerate(specs)])
+    blank = np.broadcast_to(np.asarray(BACKGROUND, dtype=np.uint8), rendered.shape)
+    texts, metas = [s.text for s in specs], [s.to_metadata() for s in specs]
+
+    good = tally(rendered, texts, metas)
+    assert good["kinds"]["success"] == 1.0 and set(good["fail_rate"].values()) == {0.0}
+
+    bad = tally(np.concatenate([rendered, blank]), texts * 2, metas * 2)  # half right, half empty
+    assert bad["kinds"] == {"success": 0.5, "color or shape": 0.5, "relation (objects right)": 0.0,
+                           "object count only": 0.0}
+    assert bad["fail_rate"]["color 1"] == 0.5 and bad["fail_rate"]["relation"] == 0.5
+
+
+def test_failure_kind_blames_objects_first():
+    kind = load_script().failure_kind
+    names = ["color 1", "shape 1", "color 2", "shape 2", "relation", "object count"]
+    assert kind(names, [True] * 6) == "success"
+    assert kind(names, [True, True, True, True, False, True]) == "relation (objects right)"
+    assert kind(names, [True, False, True, True, False, True]) == "color or shape"
+    assert kind(names, [True, True, True, True, True, False]) == "object count only"
+    assert kind(names, [True, True, True, True, False, False]) == "relation (objects right)"
