@@ -108,12 +108,17 @@ declare -A RUNS=(
   [sp800_success_sptrain]="--model runs/pretrain/zsnr_spA800_fix --prompts shapes:spatial_train --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10 --epochs 60 --reward shapes_success"
   [sp1000_success_w1_sptrain]="--model runs/pretrain/zsnr_spA1000_fix --prompts shapes:spatial_train --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10 --epochs 60 --reward shapes_success --set train.step_weight_power=1"
   [sp1000_success_w1_cos]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
+  # section 14: the dense reward, a twice longer annealed run, the text encoder trained too (and its uniform-weights control)
+  [sp1000_dense_w1_cos]="$SP1000 --epochs 60 --reward shapes --set train.step_weight_power=1 --set train.lr_schedule=cosine"
+  [sp1000_success_w1_cos120]="$SP1000 --epochs 120 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
+  [sp1000_success_w1_cos_te]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine --set model.train_text_encoder=true"
+  [sp1000_success_cos_te]="$SP1000 --epochs 60 --reward shapes_success --set train.lr_schedule=cosine --set model.train_text_encoder=true"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
-  [sp1000_success_w1_cos]="1")
+  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
