@@ -33,7 +33,20 @@ fig3_cb() {
     --target eval/shapes_success=0.55 --target eval/shapes_success=0.60 --out docs/results/figure3-cb
   rm -f docs/results/figure3-cb/report.html
 }
+# B2-DiffuRL on and off at 10,240 images (docs/results/README.md): PPO and LOOP with one trunk per prompt and 4
+# branches (64 x 4 = 256 images per epoch, as K = 4 without B2), 40 stages over the 40 epochs, learning rate 1e-3;
+# B2 off is fig2_cb's PPO and fig3_cb's LOOP K = 4. `bash docs/results/reproduce.sh b2-cb` (SEEDS=0,1,2 for more).
+b2_cb() {
+  local seeds=${SEEDS:-0,}
+  diffrl compare --algos ppo:k=1:b2.enabled=true:b2.branches=4:b2.stages=40,loop:k=1:b2.enabled=true:b2.branches=4:b2.stages=40 \
+    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
+    --set run.progress=false --target eval/shapes_success=0.55 --out runs/cmp2/b2-cb
+  diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/loop_k_4/seed* runs/cmp2/b2-cb/runs/*/seed* \
+    --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out docs/results/b2-cb
+  rm -f docs/results/b2-cb/report.html
+}
 if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
+if [[ "${1:-}" == b2-cb ]]; then b2_cb; exit 0; fi
 if [[ "${1:-}" == fig3-cb ]]; then fig3_cb; exit 0; fi
 
 # Everything below: the 2026-11-23 figures, at commit 2cc3481.
