@@ -2,14 +2,25 @@
 download)."""
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "triangle", "and", "two", "above", "cat", "dog"]
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/<name>.py (a script directory, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

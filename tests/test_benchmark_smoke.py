@@ -1,20 +1,11 @@
 """Smoke run of benchmarks/bench_epoch.py: diffrl's side only (no TRL venv), tiny pipeline, no timing assertions."""
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_epoch.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_epoch", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import BENCHMARKS, load_benchmark
 
 
 def test_bench_epoch_diffrl_side_runs_on_the_tiny_pipeline(tiny_pipeline_dir, tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("bench_epoch")
     out = tmp_path / "bench.json"
     assert bench.main(["--pipelines", str(tiny_pipeline_dir), "--impls", "diffrl", "--rounds", "1", "--warmup", "0",
                        "--steps", "2", "--k", "2", "--prompts-per-batch", "2", "--threads", "1",
@@ -28,7 +19,7 @@ def test_bench_epoch_diffrl_side_runs_on_the_tiny_pipeline(tiny_pipeline_dir, tm
 
 
 def test_variant_parsing():
-    bench = load_bench()
+    bench = load_benchmark("bench_epoch")
     assert bench.parse_variant("base") == {}
     assert bench.parse_variant("chunk_size=8,channels_last") == {"chunk_size": 8, "channels_last": True}
     assert bench.parse_variant("chunk_size=all") == {"chunk_size": "all"}
@@ -40,9 +31,7 @@ def test_time_to_target_readout_arithmetic_and_the_degenerate_case():
     """benchmarks/bench_ttt.py's readout on hand-made curves (no TRL, no training)."""
     import pytest
 
-    spec = importlib.util.spec_from_file_location("bench_ttt", BENCH.parent / "bench_ttt.py")
-    ttt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ttt)
+    ttt = load_benchmark("bench_ttt")
     m = ttt.METRIC
 
     def epoch(n, value):  # every epoch: 10 + 1 + 9 = 20 s of training, 256 images
@@ -92,10 +81,8 @@ def test_relation_use_probe_edits_only_what_it_names(monkeypatch):
 
     from diffrl.shapes.world import prompt_set
 
-    monkeypatch.syspath_prepend(str(BENCH.parent))  # the probe imports its sibling `probe`
-    spec = importlib.util.spec_from_file_location("relation_use", BENCH.parent / "relation_use.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the probe imports its sibling `probe`
+    module = load_benchmark("relation_use")
     sys.modules.pop("probe", None)
     above = next(s for s in prompt_set("spatial", "train") if s.relation == "above")
     left = next(s for s in prompt_set("spatial", "train") if s.relation == "left of")

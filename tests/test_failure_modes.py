@@ -1,21 +1,10 @@
 """benchmarks/failure_modes.py's tally on rendered ShapesWorld images (no model) and scorer.constraint_names."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from diffrl.shapes.scorer import constraint_names, constraints, find_objects
 from diffrl.shapes.world import BACKGROUND, prompt_set, render
-
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "failure_modes.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("failure_modes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.mark.parametrize("category, expected", [
@@ -32,7 +21,7 @@ def test_constraint_names_match_the_constraints(category, expected):
 
 
 def test_tally_on_true_renders_and_on_blank_images():
-    tally = load_script().tally
+    tally = load_benchmark("failure_modes").tally
     specs = prompt_set("spatial", "train")[:3]
     rendered = np.stack([render(s, np.random.default_rng(i)) for i, s in enumerate(specs)])
     blank = np.broadcast_to(np.asarray(BACKGROUND, dtype=np.uint8), rendered.shape)
@@ -48,7 +37,7 @@ def test_tally_on_true_renders_and_on_blank_images():
 
 
 def test_failure_kind_blames_objects_first():
-    kind = load_script().failure_kind
+    kind = load_benchmark("failure_modes").failure_kind
     names = ["color 1", "shape 1", "color 2", "shape 2", "relation", "object count"]
     assert kind(names, [True] * 6) == "success"
     assert kind(names, [True, True, True, True, False, True]) == "relation (objects right)"
