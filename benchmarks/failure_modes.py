@@ -65,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffrl.cli.evaluate import load_weights
     from diffrl.config import Config
-    from diffrl.evaluation import generate_fixed_seed
-    from diffrl.models.pipeline import denoiser, image_size, load_pipeline, resolve_model
+    from diffrl.evaluation import sample_evaluation_images
+    from diffrl.models.pipeline import load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
-    from diffrl.sampling import make_policy
 
     torch.set_num_threads(args.threads)
     sample = Config().sample
@@ -77,11 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(resolve_model(args.model))
     if args.lora:
         load_weights(pipe, Path(args.lora))
-    network = denoiser(pipe)
-    policy = make_policy(pipe, network, network.device, dataclasses.replace(sample, logprob_reduce="mean"))
-    size = image_size(pipe, None) // pipe.vae_scale_factor
-    images, texts, metas = generate_fixed_seed(pipe, policy, load_prompts(args.prompts).all(), args.images_per_prompt,
-                                               args.seed, sample.num_steps, (network.config.in_channels, size, size))
+    images, texts, metas = sample_evaluation_images(pipe, sample, load_prompts(args.prompts).all(),
+                                                    args.images_per_prompt, args.seed)
     result = tally(images, texts, metas)
     print(f"{args.prompts}: {result['images']} images ({args.model}{' + ' + args.lora if args.lora else ''}, "
           f"seed {args.seed}, eta {sample.eta})")

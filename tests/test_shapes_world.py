@@ -48,6 +48,18 @@ def test_unseen_train_and_val_partition_unseen(category):
     assert all(combos_of(s) & UNSEEN_COMBOS for s in held_out)
 
 
+@pytest.mark.parametrize("category, phrasings", [("color_binding", 2), ("spatial", 8)])
+def test_unseen_train_all_is_every_phrasing_of_the_rl_pairs(category, phrasings):
+    def pair(spec):
+        return frozenset(spec.objects)
+
+    rl, every = prompt_set(category, "unseen-train"), prompt_set(category, "unseen-train-all")
+    assert len(every) == len({p.text for p in every}) == phrasings * len(rl)
+    assert {p.text for p in rl} <= {p.text for p in every}
+    assert {pair(p) for p in every} == {pair(p) for p in rl}
+    assert not {pair(p) for p in every} & {pair(p) for p in prompt_set(category, "unseen-val")}
+
+
 def test_unseen_combos_absent_from_train_and_val():
     for split in ("train", "val"):
         for spec in all_prompts(split):

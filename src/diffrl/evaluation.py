@@ -5,15 +5,16 @@ results do not depend on batch size, method, or what training did to other RNG s
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from diffrl.models.pipeline import denoiser
+from diffrl.models.pipeline import denoiser, image_size
 from diffrl.prompts import Prompt
 from diffrl.rewards.base import Reward, check_rewards, split_reward_spec
-from diffrl.sampling import SD3_MAX_SEQUENCE_LENGTH, FlowPolicy, Policy, encode_prompts, sample_trajectories
+from diffrl.sampling import SD3_MAX_SEQUENCE_LENGTH, FlowPolicy, Policy, encode_prompts, make_policy, sample_trajectories
 
 
 @dataclass
@@ -61,6 +62,19 @@ def generate_fixed_seed(pipe, policy: Policy | FlowPolicy, prompts: list[Prompt]
             texts += [p] * images_per_prompt
             metas += [m] * images_per_prompt
     return np.concatenate(images), texts, metas
+
+
+def sample_evaluation_images(pipe, sample_config, prompts: list[Prompt], images_per_prompt: int, seed: int,
+                             resolution: int | None = None) -> tuple:
+    """`generate_fixed_seed` with the policy and latent size that `sample_config` (a SampleConfig) and the model
+    give: what `diffrl evaluate` samples. Returns (images, texts, metadata)."""
+    network = denoiser(pipe)
+    # Log-probs are not used here; "mean" keeps the policy valid whatever reduction the run trained with.
+    policy = make_policy(pipe, network, network.device, dataclasses.replace(sample_config, logprob_reduce="mean"))
+    size = image_size(pipe, resolution) // pipe.vae_scale_factor
+    return generate_fixed_seed(pipe, policy, prompts, images_per_prompt, seed, sample_config.num_steps,
+                               (network.config.in_channels, size, size),
+                               max_sequence_length=sample_config.max_sequence_length)
 
 
 def score_images(images: np.ndarray, texts: list[str], metas: list[dict], rewards: dict[str, Reward]) -> dict[str, np.ndarray]:

@@ -145,13 +145,12 @@ def run(args) -> int:
     import torch
 
     from diffrl.config import Config
-    from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
-    from diffrl.models.pipeline import denoiser, image_size, is_sd3_source, load_pipeline, resolve_model
+    from diffrl.evaluation import eval_reward_names, sample_evaluation_images, score_images
+    from diffrl.models.pipeline import is_sd3_source, load_pipeline, resolve_model
     from diffrl.prompts import load_prompts
     from diffrl.report import jsonable
     from diffrl.rewards.base import get_reward
     from diffrl.runlog import image_grid
-    from diffrl.sampling import make_policy
 
     lora = Path(args.lora) if args.lora else None
     if lora is not None and not lora.is_dir():
@@ -187,14 +186,9 @@ def run(args) -> int:
     if torch.cuda.is_available():
         pipe.to("cuda")
     loaded = load_weights(pipe, lora) if lora is not None else None
-    network = denoiser(pipe)  # SD3: the transformer
-    device = network.device
-    policy = make_policy(pipe, network, device, dataclasses.replace(
-        defaults.sample, eta=eta, flow_noise_level=flow_noise_level, guidance_scale=guidance, logprob_reduce="mean"))
-    size = image_size(pipe, defaults.model.resolution)
-    latent_shape = (network.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor)
-    images, texts, metas = generate_fixed_seed(pipe, policy, prompts, n, args.seed, steps, latent_shape,
-                                               max_sequence_length=defaults.sample.max_sequence_length)
+    sample = dataclasses.replace(defaults.sample, num_steps=steps, eta=eta, flow_noise_level=flow_noise_level,
+                                 guidance_scale=guidance)
+    images, texts, metas = sample_evaluation_images(pipe, sample, prompts, n, args.seed, defaults.model.resolution)
     scores = score_images(images, texts, metas, rewards)
 
     categories = [m.get("category", "all") for m in metas[::n]]

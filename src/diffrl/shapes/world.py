@@ -59,7 +59,7 @@ BACKGROUND: tuple[int, int, int] = (200, 200, 200)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 CATEGORIES: tuple[str, ...] = ("single", "color_binding", "counting", "spatial")
 RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
-SPLITS: tuple[str, ...] = ("train", "val", "unseen", "unseen-train", "unseen-val")
+SPLITS: tuple[str, ...] = ("train", "val", "unseen", "unseen-train", "unseen-val", "unseen-train-all")
 
 # Color-shape combos held out of every train prompt; each color and each shape is still seen.
 UNSEEN_COMBOS: frozenset[tuple[str, str]] = frozenset(
@@ -161,7 +161,7 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
     table: dict[tuple[str, str], tuple[PromptSpec, ...]] = {}
     singles = tuple(single(o) for o in seen)
     table["single", "train"] = table["single", "val"] = singles
-    for split in ("unseen", "unseen-train", "unseen-val"):
+    for split in ("unseen", "unseen-train", "unseen-val", "unseen-train-all"):
         table["single", split] = table["counting", split] = ()
 
     count_items = [(o, n) for n in _COUNT_WORDS for o in seen]
@@ -188,6 +188,8 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
         # neither shares a prompt (one prompt per pair) with the other.
         rl, held_out = _split(list(table[category, "unseen"]), 20 + offset, UNSEEN_VAL_FRACTION)
         table[category, "unseen-train"], table[category, "unseen-val"] = tuple(rl), tuple(held_out)
+        # Every phrasing of the unseen-train pairs: more distinct RL prompts, still none of unseen-val's pairs.
+        table[category, "unseen-train-all"] = tuple(p for spec in rl for p in _pair_prompts(category, *spec.objects))
     return table
 
 
