@@ -46,6 +46,9 @@ SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spa
 SP650="--model runs/pretrain/zsnr_spA650_fix $SPATIAL --set run.eval_every=10"
 SP800="--model runs/pretrain/zsnr_spA800_fix $SPATIAL --set run.eval_every=10"
 SP1000="--model runs/pretrain/zsnr_spA1000_fix $SPATIAL --set run.eval_every=10"  # section 13
+# section 15: every phrasing of the RL pairs (216 prompts), the same held-out set
+SPALL="--model runs/pretrain/zsnr_spA1000_fix --prompts shapes:spatial_unseen-train-all --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10"
+W1COS="--reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
 declare -A RUNS=(
   [old_defaults]="$V1 $P16 $OLD --epochs 60"
   [overfit3]="$V1 $HARD3 $OLD6 --set train.learning_rate=1e-3 --epochs 20"
@@ -113,12 +116,16 @@ declare -A RUNS=(
   [sp1000_success_w1_cos120]="$SP1000 --epochs 120 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
   [sp1000_success_w1_cos_te]="$SP1000 --epochs 60 --reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine --set model.train_text_encoder=true"
   [sp1000_success_cos_te]="$SP1000 --epochs 60 --reward shapes_success --set train.lr_schedule=cosine --set model.train_text_encoder=true"
+  [spall_w1_cos]="$SPALL --epochs 60 $W1COS"
+  [spall_w1_cos_te]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true"
+  [spall_w1_cos_lr2]="$SPALL --epochs 60 $W1COS --set train.learning_rate=2e-3"
+  [spall_w1_cos_te_lr2]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
-  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2")
+  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
