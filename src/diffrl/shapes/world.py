@@ -161,7 +161,7 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
     table: dict[tuple[str, str], tuple[PromptSpec, ...]] = {}
     singles = tuple(single(o) for o in seen)
     table["single", "train"] = table["single", "val"] = singles
-    for split in ("unseen", "unseen-train", "unseen-val", "unseen-train-all"):
+    for split in (s for s in SPLITS if s.startswith("unseen")):  # no unseen combos in single or counting prompts
         table["single", split] = table["counting", split] = ()
 
     count_items = [(o, n) for n in _COUNT_WORDS for o in seen]
