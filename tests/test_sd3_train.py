@@ -220,7 +220,7 @@ def test_evaluate_takes_the_flow_noise_level_and_refuses_eta_on_sd3(sd3_dir, sd3
     sde = json.loads((tmp_path / "sde" / "results.json").read_text())
     assert sde["metrics"]["brightness"]["overall"]["mean"] != ode["metrics"]["brightness"]["overall"]["mean"]
     assert main([*common, "--baseline", str(tmp_path / "ode" / "results.json"), "--out", str(tmp_path / "x")]) == 2
-    assert "differs in sampling" in capsys.readouterr().err
+    assert "differs in sampling (flow_noise_level 0.7 here, 0.0 there)" in capsys.readouterr().err
     assert main([*common, "--eta", "0", "--out", str(tmp_path / "y")]) == 2
     assert "--flow-noise-level" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
