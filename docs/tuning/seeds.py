@@ -1,0 +1,51 @@
+"""One setting over several seeds: each run's paired change against the base, and what they say together.
+
+    python docs/tuning/seeds.py runs/spatial/base1000_n32/results.json runs/spatial/eval32_RUN_s0 ... [--metric M]
+
+Arguments: the base model's `diffrl evaluate` results.json, then one `diffrl evaluate` output (its directory or
+results.json) per seed, all on the same prompts, images per prompt, noise seed and sampling. Prints each run's
+paired change (mean over prompts of run - base, 95% t CI over prompts), the mean over seeds with its 80%
+prediction interval (the range one more seed would fall in), and the per-prompt mean of the runs against the
+base (95% CI over prompts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffrl.report import mean_ci, prediction_interval
+
+
+def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
+    result = json.loads((path / "results.json" if path.is_dir() else path).read_text())
+    rows = result["per_prompt"]
+    return [r["prompt"] for r in rows], np.array([r["scores"][metric] for r in rows])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--metric", default="shapes_success")
+    args = parser.parse_args()
+    prompts, base = per_prompt(args.base, args.metric)
+    changes = []
+    for run in args.runs:
+        run_prompts, scores = per_prompt(run, args.metric)
+        if run_prompts != prompts:
+            raise SystemExit(f"seeds.py: {run} scored other prompts than {args.base}")
+        changes.append(scores - base)
+        c = mean_ci(changes[-1])
+        print(f"{str(run):60s} {c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]")
+    pi = prediction_interval([c.mean() for c in changes])
+    pooled = mean_ci(np.mean(changes, axis=0))
+    print(f"mean over {pi['n']} seeds {pi['mean']:+.3f}, 80% prediction interval [{pi['pi_low']:+.3f}, "
+          f"{pi['pi_high']:+.3f}]; per-prompt mean of the runs {pooled['mean']:+.3f} "
+          f"[{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] (95% CI over {pooled['n']} prompts)")
+
+
+if __name__ == "__main__":
+    main()
