@@ -6,12 +6,14 @@ Arguments: the base model's `diffrl evaluate` results.json, then one `diffrl eva
 results.json) per seed, all on the same prompts, images per prompt, noise seed and sampling. Prints each run's
 paired change (mean over prompts of run - base, 95% t CI over prompts), the mean over seeds with its 80%
 prediction interval (the range one more seed would fall in), and the per-prompt mean of the runs against the
-base (95% CI over prompts).
+base (95% CI over prompts). --by-subject: the same per-prompt mean, grouped by the prompt's first-named object
+(ShapesWorld's "a purple triangle above ...": "purple triangle").
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("base", type=Path)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--metric", default="shapes_success")
+    parser.add_argument("--by-subject", action="store_true", help="also group prompts by their first-named object")
     args = parser.parse_args()
     prompts, base = per_prompt(args.base, args.metric)
     changes = []
@@ -45,6 +48,13 @@ def main() -> None:
     print(f"mean over {pi['n']} seeds {pi['mean']:+.3f}, 80% prediction interval [{pi['pi_low']:+.3f}, "
           f"{pi['pi_high']:+.3f}]; per-prompt mean of the runs {pooled['mean']:+.3f} "
           f"[{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] (95% CI over {pooled['n']} prompts)")
+    if args.by_subject:
+        subjects = [re.match(r"(?:an?|the) (\w+ \w+)", p).group(1) for p in prompts]
+        for subject in sorted(set(subjects)):
+            rows = [i for i, s in enumerate(subjects) if s == subject]
+            change = np.mean(changes, axis=0)[rows]
+            print(f"  subject {subject:20s} {len(rows):2d} prompts: base {base[rows].mean():.3f}, "
+                  f"change {change.mean():+.3f}")
 
 
 if __name__ == "__main__":
