@@ -44,3 +44,23 @@ def test_failure_kind_blames_objects_first():
     assert kind(names, [True, False, True, True, False, True]) == "color or shape"
     assert kind(names, [True, True, True, True, True, False]) == "object count only"
     assert kind(names, [True, True, True, True, False, False]) == "relation (objects right)"
+
+
+def test_per_prompt_counts_each_prompts_successes_and_failed_constraints():
+    per_prompt = load_benchmark("failure_modes").per_prompt
+    spec = prompt_set("spatial", "train")[0]
+    rendered = render(spec, np.random.default_rng(0))[None]
+    blank = np.broadcast_to(np.asarray(BACKGROUND, dtype=np.uint8), rendered.shape)
+    rows = per_prompt(np.concatenate([rendered, blank, blank]), [spec.text] * 3, [spec.to_metadata()] * 3)
+    assert list(rows) == [spec.text]
+    row = rows[spec.text]
+    assert (row["images"], row["success"]) == (3, 1)
+    assert row["failed"] == {name: 2 for name in constraint_names(spec)}  # a blank image fails every constraint
+
+
+def test_about_subject_keeps_the_first_named_object_only():
+    about_subject = load_benchmark("failure_modes").about_subject
+    prompts = [("a purple triangle above a red circle", {}), ("a red circle below a purple triangle", {}),
+               ("an orange triangle above a purple triangle", {}), ("a purple triangles row", {})]
+    assert about_subject(prompts, "purple triangle") == prompts[:1]
+    assert about_subject(prompts, "orange triangle") == prompts[2:3]
