@@ -203,7 +203,7 @@ def worker_diffrl(spec: dict) -> dict:
         return original_save(*args, **kwargs)
 
     run_state.load_pipeline, run_state.add_lora, trainer.save = load_pipeline, add_lora, save
-    chunk = variant.get("chunk_size", 32)
+    chunk = variant.get("chunk_size")  # None: diffrl's default
     out = Path(tempfile.mkdtemp(prefix="bench_diffrl_"))
     epochs = spec["warmup"] + spec["epochs"]
     config = load_config(overrides={
@@ -212,7 +212,7 @@ def worker_diffrl(spec: dict) -> dict:
         "sample.num_steps": spec["steps"], "sample.eta": spec["eta"], "sample.guidance_scale": spec["guidance"],
         "sample.k": spec["k"], "sample.prompts_per_batch": spec["prompts_per_batch"],
         "train.algo": "loop", "train.inner_epochs": spec["inner_epochs"], "train.minibatches": spec["minibatches"],
-        "train.chunk_size": 10**9 if chunk == "all" else int(chunk),
+        "train.chunk_size": 10**9 if chunk == "all" else chunk,
         "train.timestep_fraction": spec["timestep_fraction"], "train.learning_rate": 3e-4,
         "train.min_noise_std": 0.0,  # every step, as TRL trains: the same work on both sides
         "run.reward": spec["reward"], "run.prompts": spec["prompts"], "run.seed": spec["seed"],

@@ -1,7 +1,8 @@
-"""The default update schedule (config.minibatches / inner_epochs): pure functions of the config."""
+"""The default update schedule (config.minibatches / inner_epochs / chunk_size): pure functions of the config."""
 import pytest
 
-from diffrl.config import inner_epochs, load_config, minibatches
+from diffrl.config import chunk_size, inner_epochs, load_config, minibatches, validate
+from diffrl.errors import DiffrlError
 
 
 @pytest.mark.parametrize("k, prompts, expected", [
@@ -21,3 +22,14 @@ def test_on_policy_estimators_take_one_update_and_explicit_values_win():
     assert minibatches(load_config(overrides={"train.algo": "reinforce"})) == 1
     config = load_config(overrides={"train.minibatches": 4, "train.inner_epochs": 2})
     assert (minibatches(config), inner_epochs(config)) == (4, 2)
+
+
+def test_chunk_size_default_is_one_call_on_cpu_and_8_on_a_gpu_and_explicit_values_win():
+    default = load_config()
+    assert chunk_size(default, 144, cuda=False) == 144  # every pair of the minibatch at once
+    assert chunk_size(default, 0, cuda=False) == 1  # an empty minibatch still splits into valid chunks
+    assert chunk_size(default, 144, cuda=True) == 8
+    explicit = load_config(overrides={"train.chunk_size": 32})
+    assert chunk_size(explicit, 144, cuda=False) == chunk_size(explicit, 144, cuda=True) == 32
+    with pytest.raises(DiffrlError, match="train.chunk_size must be >= 1"):
+        validate(load_config(overrides={"train.chunk_size": 0}))

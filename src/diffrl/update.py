@@ -2,7 +2,7 @@
 
 Each optimizer step trains a minibatch of samples, each on a random subset of its trainable denoising
 steps (DDPO's `train.timestep_fraction`): the (sample, step) pairs are re-evaluated under the current
-policy in chunks of `train.chunk_size` (`pair_loss`: one UNet call per chunk, plus one without the LoRA
+policy in chunks of `train.chunk_size` (all at once on CPU by default; `pair_loss`: one UNet call per chunk, plus one without the LoRA
 adapters for the KL penalty `train.kl_coef`), their loss averaged, and the gradient applied only if
 the loss and the gradient norm are finite on every rank (the skip guard's `count_update`). With
 `model.train_text_encoder` each chunk first re-encodes its prompts, with gradient, through the text encoder.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffrl.config import Config, inner_epochs, minibatches
+from diffrl.config import Config, chunk_size, inner_epochs, minibatches
 from diffrl.core.ddim import gaussian_kl
 from diffrl.core.losses import calibrated_clip_range
 from diffrl.sampling import PromptEmbeds, Trajectories, encode_prompts_trainable
@@ -127,7 +127,8 @@ def backward(run: RunState, batch: Batch, pairs: Pairs, clip_range: float, loss_
     """Accumulate the gradient of the pairs' mean loss chunk by chunk; returns the step's averaged terms and
     the smallest and largest importance ratio seen."""
     accelerator, kl_coef = run.accelerator, run.config.train.kl_coef
-    chunks = list(zip(pairs.samples.split(run.config.train.chunk_size), pairs.steps.split(run.config.train.chunk_size)))
+    size = chunk_size(run.config, len(pairs.samples), accelerator.device.type == "cuda")
+    chunks = list(zip(pairs.samples.split(size), pairs.steps.split(size)))
     total, drawn = len(pairs.samples), pairs.drawn
     step = dict.fromkeys(AVERAGED, 0.0)
     low, high = math.inf, -math.inf
