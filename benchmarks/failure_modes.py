@@ -69,7 +69,9 @@ def per_prompt(images: np.ndarray, texts: list[str], metas: list[dict]) -> dict[
 
 def about_subject(prompts: list, subject: str) -> list:
     """The prompts whose first-named object is `subject` ("a purple triangle above ...": "purple triangle")."""
-    return [p for p in prompts if p[0].split(" ", 1)[-1].startswith(subject + " ")]
+    from diffrl.shapes.world import first_named_object
+
+    return [p for p in prompts if first_named_object(p[0]) == subject]
 
 
 def main(argv: list[str] | None = None) -> int:

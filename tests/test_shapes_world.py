@@ -7,7 +7,7 @@ import pytest
 
 from diffrl.shapes.world import (
     BACKGROUND, CATEGORIES, COLORS, GAP, SPATIAL_GAP, SPLITS, UNSEEN_COMBOS, PromptSpec, _in_relation, _separated,
-    all_prompts, prompt_set, render, sample_layout,
+    all_prompts, first_named_object, prompt_set, render, sample_layout,
 )
 
 
@@ -119,3 +119,13 @@ def test_relation_direction_in_pixels():
     image = render(spec, np.random.default_rng(3)).astype(int)
     rows = [np.nonzero((np.abs(image - COLORS[o.color]).sum(-1) == 0).any(1))[0] for o in spec.objects]
     assert rows[0].max() < rows[1].min()
+
+
+def test_first_named_object_reads_the_grammar_of_every_category():
+    assert first_named_object("a purple triangle to the left of an orange circle") == "purple triangle"
+    assert first_named_object("an orange square and a red circle") == "orange square"
+    assert first_named_object("three green circles") == "green circle"
+    assert first_named_object("a cat") is None
+    for spec in all_prompts("train"):  # the first object the text names is the spec's first object
+        first = spec.objects[0]
+        assert first_named_object(spec.text) == f"{first.color} {first.shape}"

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
 from diffrl.report import mean_ci, prediction_interval
+from diffrl.shapes import first_named_object
 
 
 def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
@@ -45,11 +45,12 @@ def main() -> None:
         print(f"{str(run):60s} {c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]")
     pi = prediction_interval([c.mean() for c in changes])
     pooled = mean_ci(np.mean(changes, axis=0))
-    print(f"mean over {pi['n']} seeds {pi['mean']:+.3f}, 80% prediction interval [{pi['pi_low']:+.3f}, "
-          f"{pi['pi_high']:+.3f}]; per-prompt mean of the runs {pooled['mean']:+.3f} "
+    spread = (f", 80% prediction interval [{pi['pi_low']:+.3f}, {pi['pi_high']:+.3f}]" if pi["n"] > 1
+              else " (one run: no interval over seeds)")
+    print(f"mean over {pi['n']} seeds {pi['mean']:+.3f}{spread}; per-prompt mean of the runs {pooled['mean']:+.3f} "
           f"[{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] (95% CI over {pooled['n']} prompts)")
     if args.by_subject:
-        subjects = [re.match(r"(?:an?|the) (\w+ \w+)", p).group(1) for p in prompts]
+        subjects = [first_named_object(p) for p in prompts]
         for subject in sorted(set(subjects)):
             rows = [i for i, s in enumerate(subjects) if s == subject]
             change = np.mean(changes, axis=0)[rows]

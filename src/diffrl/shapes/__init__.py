@@ -7,12 +7,12 @@ from pathlib import Path
 
 from diffrl.shapes.world import (
     BACKGROUND, CATEGORIES, COLORS, RELATIONS, SHAPES, UNSEEN_COMBOS, PromptSpec, ShapeObject,
-    all_prompts, prompt_set, render,
+    all_prompts, first_named_object, prompt_set, render,
 )
 
 BUILTIN_MODEL_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "shapes"
 
 __all__ = [
     "BACKGROUND", "BUILTIN_MODEL_DIR", "CATEGORIES", "COLORS", "RELATIONS", "SHAPES", "UNSEEN_COMBOS",
-    "PromptSpec", "ShapeObject", "all_prompts", "prompt_set", "render",
+    "PromptSpec", "ShapeObject", "all_prompts", "first_named_object", "prompt_set", "render",
 ]

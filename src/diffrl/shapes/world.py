@@ -40,6 +40,7 @@ Render rules (the scorer relies on them):
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
@@ -129,6 +130,16 @@ def counting(obj: ShapeObject, count: int) -> PromptSpec:
 def spatial(subject: ShapeObject, other: ShapeObject, relation: str) -> PromptSpec:
     text = f"{subject.phrase()} {_RELATION_WORDS[relation]} {other.phrase()}"
     return PromptSpec(text, "spatial", (subject, other), relation=relation)
+
+
+_OBJECT_PHRASE = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})s?\b")
+
+
+def first_named_object(text: str) -> str | None:
+    """The first object a prompt names, as 'color shape' ('a purple triangle above a red circle' and 'two purple
+    triangles': 'purple triangle'); None if it names none. Results files keep only the prompt text."""
+    match = _OBJECT_PHRASE.search(text)
+    return f"{match[1]} {match[2]}" if match else None
 
 
 def all_combos() -> list[ShapeObject]:
