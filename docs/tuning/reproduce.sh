@@ -124,6 +124,11 @@ declare -A RUNS=(
   [spall_w1_cos_te_lr2_k8]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16"
   # the same over 45 epochs, alone on the 2 cores (run.threads=2): 46 min, inside the 60 minutes
   [spall_w1_cos_te_lr2_k8e45]="$SPALL --epochs 45 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set run.threads=2"
+  # section 17: the 60-epoch row alone on the 2 cores with one UNet call per minibatch (the CPU default of
+  # train.chunk_size since 2026-12-02; seeds 1 and 2 of the row above ran at the old default, 32, one thread each)
+  [spall_w1_cos_te_lr2_k8t2]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set run.threads=2"
+  # + linear warmup over the first 96 of 960 updates (6 epochs)
+  [spall_w1_cos_te_lr2_k8w96]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set train.lr_warmup_updates=96 --set run.threads=2"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
