@@ -61,6 +61,7 @@ def test_per_prompt_counts_each_prompts_successes_and_failed_constraints():
 def test_about_subject_keeps_the_first_named_object_only():
     about_subject = load_benchmark("failure_modes").about_subject
     prompts = [("a purple triangle above a red circle", {}), ("a red circle below a purple triangle", {}),
-               ("an orange triangle above a purple triangle", {}), ("two purple triangles", {}), ("a purple circle", {})]
+               ("an orange triangle above a purple triangle", {}), ("two purple triangles", {}),
+               ("a purple circle", {})]
     assert about_subject(prompts, "purple triangle") == [prompts[0], prompts[3]]
     assert about_subject(prompts, "orange triangle") == prompts[2:3]

@@ -2,10 +2,11 @@
 
 Each optimizer step trains a minibatch of samples, each on a random subset of its trainable denoising
 steps (DDPO's `train.timestep_fraction`): the (sample, step) pairs are re-evaluated under the current
-policy in chunks of `train.chunk_size` (all at once on CPU by default; `pair_loss`: one UNet call per chunk, plus one without the LoRA
-adapters for the KL penalty `train.kl_coef`), their loss averaged, and the gradient applied only if
-the loss and the gradient norm are finite on every rank (the skip guard's `count_update`). With
-`model.train_text_encoder` each chunk first re-encodes its prompts, with gradient, through the text encoder.
+policy in chunks of `train.chunk_size` (by default all at once on CPU, 8 on a GPU; `pair_loss`: one UNet call
+per chunk, plus one without the LoRA adapters for the KL penalty `train.kl_coef`), their loss averaged, and
+the gradient applied only if the loss and the gradient norm are finite on every rank (the skip guard's
+`count_update`). With `model.train_text_encoder` each chunk first re-encodes its prompts, with gradient,
+through the text encoder.
 Pairs whose sample has advantage 0 (a leave-one-out or GRPO group whose K rewards are all equal) contribute
 nothing to any surrogate's gradient and are not evaluated (`without_zero_advantage`), unless a KL penalty is on.
 """
