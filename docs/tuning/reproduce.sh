@@ -49,6 +49,8 @@ SP1000="--model runs/pretrain/zsnr_spA1000_fix $SPATIAL --set run.eval_every=10"
 # section 15: every phrasing of the RL pairs (216 prompts), the same held-out set
 SPALL="--model runs/pretrain/zsnr_spA1000_fix --prompts shapes:spatial_unseen-train-all --set run.eval_prompts=shapes:spatial_unseen-val --set run.eval_every=10"
 W1COS="--reward shapes_success --set train.step_weight_power=1 --set train.lr_schedule=cosine"
+# sections 16-17: every phrasing, the text encoder at lr 2e-3, K = 8 with 16 updates of 32 samples per epoch
+K8="$SPALL $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16"
 declare -A RUNS=(
   [old_defaults]="$V1 $P16 $OLD --epochs 60"
   [overfit3]="$V1 $HARD3 $OLD6 --set train.learning_rate=1e-3 --epochs 20"
@@ -121,14 +123,14 @@ declare -A RUNS=(
   [spall_w1_cos_lr2]="$SPALL --epochs 60 $W1COS --set train.learning_rate=2e-3"
   [spall_w1_cos_te_lr2]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3"
   # section 16: K = 8 images per prompt, 16 updates of 32 samples per epoch (twice the images per update)
-  [spall_w1_cos_te_lr2_k8]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16"
+  [spall_w1_cos_te_lr2_k8]="$K8 --epochs 60"
   # the same over 45 epochs, alone on the 2 cores (run.threads=2): 46 min, inside the 60 minutes
-  [spall_w1_cos_te_lr2_k8e45]="$SPALL --epochs 45 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set run.threads=2"
+  [spall_w1_cos_te_lr2_k8e45]="$K8 --epochs 45 --set run.threads=2"
   # section 17: the 60-epoch row alone on the 2 cores with one UNet call per minibatch (the CPU default of
   # train.chunk_size since 2026-12-02; seeds 1 and 2 of the row above ran at the old default, 32, one thread each)
-  [spall_w1_cos_te_lr2_k8t2]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set run.threads=2"
+  [spall_w1_cos_te_lr2_k8t2]="$K8 --epochs 60 --set run.threads=2"
   # + linear warmup over the first 96 of 960 updates (6 epochs)
-  [spall_w1_cos_te_lr2_k8w96]="$SPALL --epochs 60 $W1COS --set model.train_text_encoder=true --set train.learning_rate=2e-3 --set sample.k=8 --set train.minibatches=16 --set train.lr_warmup_updates=96 --set run.threads=2"
+  [spall_w1_cos_te_lr2_k8w96]="$K8 --epochs 60 --set train.lr_warmup_updates=96 --set run.threads=2"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"

@@ -252,12 +252,10 @@ def load_baseline(path: Path, prompts: list[str], images_per_prompt: int, seed: 
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DiffrlError(f"--baseline {path}: not a diffrl evaluate results.json ({type(err).__name__})") from None
     if not all(same.values()):
-        differs = [k for k, v in same.items() if not v]
-        if not same["sampling"]:  # name the setting and both values
-            theirs = baseline["sampling"]
-            detail = ", ".join(f"{k} {sampling.get(k)} here, {theirs.get(k)} there"
-                               for k in sorted(set(sampling) | set(theirs)) if sampling.get(k) != theirs.get(k))
-            differs[-1] = f"sampling ({detail})"  # "sampling" is the last key of `same`
+        theirs = baseline["sampling"]  # a sampling mismatch names the setting and both values
+        detail = ", ".join(f"{k} {sampling.get(k)} here, {theirs.get(k)} there"
+                           for k in sorted(set(sampling) | set(theirs)) if sampling.get(k) != theirs.get(k))
+        differs = [f"sampling ({detail})" if key == "sampling" else key for key, ok in same.items() if not ok]
         raise DiffrlError(f"--baseline {path} differs in {', '.join(differs)}: "
                           "a paired change needs the same prompts, images per prompt, seed and sampling")
     return baseline
