@@ -209,6 +209,7 @@ def worker_diffrl(spec: dict) -> dict:
     config = load_config(overrides={
         "train.mixed_precision": spec["mixed_precision"], **variant.get("config", {}),
         "model.pretrained": spec["pipeline"], "model.lora_rank": spec["lora_rank"], "model.lora_alpha": spec["lora_rank"],
+        "model.train_text_encoder": False,  # TRL trains the UNet's adapters only: the same work on both sides
         "sample.num_steps": spec["steps"], "sample.eta": spec["eta"], "sample.guidance_scale": spec["guidance"],
         "sample.k": spec["k"], "sample.prompts_per_batch": spec["prompts_per_batch"],
         "train.algo": "loop", "train.inner_epochs": spec["inner_epochs"], "train.minibatches": spec["minibatches"],

@@ -41,7 +41,7 @@ def test_factor_per_update_with_warmup(schedule):
 
 
 def test_total_updates_counts_inner_epochs_and_minibatches():
-    assert total_updates(load_config()) == 35 * 16  # the demo: 35 epochs x 16 updates of 16 samples
+    assert total_updates(load_config()) == 20 * 16  # the demo: 20 epochs x 16 updates of 16 samples
     assert total_updates(load_config(overrides={"run.epochs": "3", "train.inner_epochs": "2",
                                                 "train.minibatches": "4"})) == 24
 

@@ -124,3 +124,18 @@ def test_a_text_encoder_other_than_clip_is_a_one_line_error(prompt_file, tmp_pat
     err = capsys.readouterr().err.strip()
     assert "supports CLIP text encoders" in err and "this pipeline's is a BertModel" in err
     assert len(err.splitlines()) == 1 and not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("pretrained, lora, setting, trained", [
+    ("builtin:shapes", True, None, True),    # the default on ShapesWorld (docs/tuning.md, section 18)
+    ("builtin:shapes", False, None, False),  # full fine-tuning has no adapters to add
+    ("stabilityai/stable-diffusion-2-base", True, None, False),  # measured on ShapesWorld only
+    ("builtin:shapes", True, False, False),
+    ("stabilityai/stable-diffusion-2-base", True, True, True),
+])
+def test_the_default_trains_the_text_encoder_on_shapesworld_only(pretrained, lora, setting, trained):
+    from diffrl.config import load_config, trains_text_encoder
+
+    config = load_config(overrides={"model.pretrained": pretrained, "model.lora": lora,
+                                    "model.train_text_encoder": setting})
+    assert trains_text_encoder(config) is trained

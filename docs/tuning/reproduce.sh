@@ -38,8 +38,10 @@ REUSE="--set train.inner_epochs=4 --set train.minibatches=4"   # sections 1-6's 
 P16="--set sample.prompts_per_batch=16"                          # sections 1-6's default: 64 images per epoch
 # Sections 1-6 ran under the defaults of their day (16 prompts x K 4, 4 x 4 updates); section 7 replaced them
 # with 64 prompts x K 4 in one pass of 16 updates, so every row before section 7 states the old ones.
-OLD6="$P16 $REUSE"
-FRESH="--set sample.prompts_per_batch=64 --set train.inner_epochs=1 --set train.minibatches=16"  # section 7's schedule (today's defaults, stated in case they change)
+# The UNet's adapters only: the default on builtin:shapes until section 18 (2026-12-02) also trained the text encoder's.
+UNET_ONLY="--set model.train_text_encoder=false"
+OLD6="$P16 $REUSE $UNET_ONLY"
+FRESH="--set sample.prompts_per_batch=64 --set train.inner_epochs=1 --set train.minibatches=16 $UNET_ONLY"  # section 7's schedule (the defaults of sections 7-17, stated in case they change)
 XATTN="--set model.lora_target_modules=attn2.to_q,attn2.to_k,attn2.to_v,attn2.to_out.0"
 HARD3="--prompts tuning_prompts:hard3 --set run.eval_prompts=tuning_prompts:hard3 --set run.eval_images_per_prompt=16"
 SPATIAL="--prompts shapes:spatial_unseen-train --set run.eval_prompts=shapes:spatial_unseen-val"
@@ -131,12 +133,16 @@ declare -A RUNS=(
   [spall_w1_cos_te_lr2_k8t2]="$K8 --epochs 60 --set run.threads=2"
   # + linear warmup over the first 96 of 960 updates (6 epochs)
   [spall_w1_cos_te_lr2_k8w96]="$K8 --epochs 60 --set train.lr_warmup_updates=96 --set run.threads=2"
+  # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
+  # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
+  [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
+  [demo_unet35]="--epochs 35 $UNET_ONLY --set run.threads=2"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
-  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2")
+  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

@@ -38,7 +38,7 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
     lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "Modules of the UNet (SD3: the transformer) that get LoRA adapters (peft target_modules: names or name suffixes).")
     resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
-    train_text_encoder: bool = opt(False, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024).")
+    train_text_encoder: bool | None = opt(None, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024). None (default): on for the built-in ShapesWorld model (builtin:shapes) with LoRA, where the 20-epoch demo reaches with it about what UNet-only LoRA reaches in 35 epochs, in 57% of the time (docs/tuning.md, section 18); off for every other pipeline.")
 
 
 @dataclass
@@ -102,7 +102,7 @@ class B2Config:
 class RunConfig:
     out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
-    epochs: int = opt(35, "Training epochs (one epoch = sample, reward, update). Demo: 35 x 256 images with 16 updates each, 9-10 min on 2 CPU cores.")
+    epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update). Demo: 20 x 256 images with 16 updates each and the text encoder trained too, 8-9 min on 2 CPU cores; it reaches what 35 epochs of UNet-only LoRA reach (docs/tuning.md, section 18).")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
     prompts: str = opt("shapes:color_binding_unseen-train", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts with color-shape combos the base model was not pretrained on.")
     eval_prompts: str | None = opt(AUTO, "Held-out prompts, evaluated before training, every eval_every epochs and at the end. 'auto' follows run.prompts: with ShapesWorld prompts (shapes:...) shapes:color_binding_unseen-val (the demo: the other half of the unseen color-binding pairs); with any other fixed set of at least 5 distinct prompts, a fixed-seed 20% of them (at least 1), which training then never samples; with fewer, or a prompt generator, none (said once at start). A prompt spec as for run.prompts: those prompts. None: off.")
@@ -447,6 +447,15 @@ def chunk_size(config: Config, pairs: int, cuda: bool) -> int:
     if config.train.chunk_size is not None:
         return config.train.chunk_size
     return GPU_CHUNK_SIZE if cuda else max(pairs, 1)
+
+
+def trains_text_encoder(config: Config) -> bool:
+    """model.train_text_encoder, or (None) on for the built-in ShapesWorld model with LoRA and off otherwise: measured
+    there only (docs/tuning.md, sections 8 and 18), and SD3 pipelines have no adapters diffusers can restore."""
+    m = config.model
+    if m.train_text_encoder is not None:
+        return m.train_text_encoder
+    return m.lora and m.pretrained == "builtin:shapes"
 
 
 def inner_epochs(config: Config) -> int:

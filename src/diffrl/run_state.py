@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from diffrl import checkpoint as ckpt
 from diffrl.config import (LR_SCHEDULES, RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype,
                            images_per_epoch, inner_epochs, load_config, minibatches, resume_conflicts, total_updates,
-                           validate)
+                           trains_text_encoder, validate)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
@@ -120,7 +120,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
-    if config.model.train_text_encoder:
+    if trains_text_encoder(config):
         check_text_encoder_trainable(pipe, config.model.pretrained)
     unet = denoiser(pipe)  # SD3: the transformer
     # train.frozen_dtype ('auto': the mixed-precision dtype on a GPU, fp32 on CPU). Frozen weights in half
@@ -138,7 +138,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # diffusers ModelMixin; recomputes activations in backward
     trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-    text_encoder = pipe.text_encoder if config.model.train_text_encoder else None
+    text_encoder = pipe.text_encoder if trains_text_encoder(config) else None
     if text_encoder is not None:
         add_text_encoder_lora(text_encoder, config.model.lora_rank, config.model.lora_alpha)
         text_encoder.eval()  # peft's new layers too: sampling and training must encode alike
@@ -204,6 +204,7 @@ def start_run(config: Config, resume: bool) -> RunState:
                  if t.lr_schedule != "constant" or t.lr_warmup_updates else "")
               + (f", step weights {format_step_weights(run, steps)} (train.step_weight_power {t.step_weight_power:g})"
                  if t.step_weight_power else "")
+              + (", LoRA on the text encoder too" if run.train_text_encoder is not None else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")
