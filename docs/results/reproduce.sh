@@ -9,6 +9,9 @@
 # schedule, 256 images per epoch) and the built-in model have changed since (docs/tuning.md), so the exact
 # numbers come from running this script in a checkout of 2cc3481: `git worktree add ../diffrl-2cc3481 2cc3481`.
 set -euo pipefail
+# The issue-13 studies below train the UNet's adapters only, the default on builtin:shapes until 2026-12-02 (since
+# then the text encoder's too, docs/tuning.md section 18): their runs state it, so that every seed trains the same.
+UNET_ONLY="--set model.train_text_encoder=false"
 # ---------------------------------------------------------------------------------------------------------------
 # Issue 13, today's defaults (docs/results/README.md "Figure 2 at 10,240 images"): `bash docs/results/reproduce.sh fig2-cb`
 # runs only this part. Colour binding on the shipped base, 40 epochs x 256 images per run, held-out evaluation every
@@ -16,7 +19,7 @@ set -euo pipefail
 # command (or `diffrl compare --resume runs/cmp2/fig2-cb`) skips finished runs and resumes unfinished ones.
 fig2_cb() {
   diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 \
-    --set run.eval_every=5 --set run.threads=1 --set run.progress=false \
+    --set run.eval_every=5 --set run.threads=1 --set run.progress=false $UNET_ONLY \
     --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out runs/cmp2/fig2-cb
   diffrl report runs/cmp2/fig2-cb/runs/*/seed* --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 \
     --out docs/results/figure2-cb
@@ -28,7 +31,7 @@ fig3_cb() {
   local seeds=${SEEDS:-0,}
   diffrl compare --algos loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128 \
     --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
-    --set run.progress=false --target eval/shapes_success=0.55 --out runs/cmp2/fig3-cb
+    --set run.progress=false $UNET_ONLY --target eval/shapes_success=0.55 --out runs/cmp2/fig3-cb
   diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/*/seed* --target eval/shapes_success=0.50 \
     --target eval/shapes_success=0.55 --target eval/shapes_success=0.60 --out docs/results/figure3-cb
   rm -f docs/results/figure3-cb/report.html
@@ -40,7 +43,7 @@ b2_cb() {
   local seeds=${SEEDS:-0,}
   diffrl compare --algos ppo:k=1:b2.enabled=true:b2.branches=4:b2.stages=40,loop:k=1:b2.enabled=true:b2.branches=4:b2.stages=40 \
     --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
-    --set run.progress=false --target eval/shapes_success=0.55 --out runs/cmp2/b2-cb
+    --set run.progress=false $UNET_ONLY --target eval/shapes_success=0.55 --out runs/cmp2/b2-cb
   diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/loop_k_4/seed* runs/cmp2/b2-cb/runs/*/seed* \
     --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out docs/results/b2-cb
   rm -f docs/results/b2-cb/report.html
