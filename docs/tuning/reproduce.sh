@@ -137,12 +137,17 @@ declare -A RUNS=(
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
   [demo_unet35]="--epochs 35 $UNET_ONLY --set run.threads=2"
+  # section 19: one change each from demo_te20 (one thread, two runs at a time; held-out evaluation every 10 epochs as the demo)
+  [demo_te20_lr2]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set train.learning_rate=2e-3"
+  [demo_te20_lr2cos]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set train.learning_rate=2e-3 --set train.lr_schedule=cosine"
+  [demo_te20_all]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --prompts shapes:color_binding_unseen-train-all"
+  [demo_te20_k8]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set sample.k=8 --set sample.prompts_per_batch=32"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
-  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2")
+  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2" [demo_te20_all]="1 2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

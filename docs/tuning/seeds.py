@@ -7,7 +7,8 @@ results.json) per seed, all on the same prompts, images per prompt, noise seed a
 paired change (mean over prompts of run - base, 95% t CI over prompts), the mean over seeds with its 80%
 prediction interval (the range one more seed would fall in), and the per-prompt mean of the runs against the
 base (95% CI over prompts). --by-subject: the same per-prompt mean, grouped by the prompt's first-named object
-(ShapesWorld's "a purple triangle above ...": "purple triangle").
+(ShapesWorld's "a purple triangle above ...": "purple triangle"). --by-combo: grouped by the unseen color-shape
+combination a prompt names (anywhere in it; a prompt with two counts in both groups).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrl.report import mean_ci, prediction_interval
-from diffrl.shapes import first_named_object
+from diffrl.shapes import UNSEEN_COMBOS, first_named_object
 
 
 def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--metric", default="shapes_success")
     parser.add_argument("--by-subject", action="store_true", help="also group prompts by their first-named object")
+    parser.add_argument("--by-combo", action="store_true", help="also group prompts by the unseen combination they name")
     args = parser.parse_args()
     prompts, base = per_prompt(args.base, args.metric)
     changes = []
@@ -49,13 +51,17 @@ def main() -> None:
               else " (one run: no interval over seeds)")
     print(f"mean over {pi['n']} seeds {pi['mean']:+.3f}{spread}; per-prompt mean of the runs {pooled['mean']:+.3f} "
           f"[{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] (95% CI over {pooled['n']} prompts)")
+    groups = {}
     if args.by_subject:
         subjects = [first_named_object(p) for p in prompts]
-        for subject in sorted(set(subjects)):
-            rows = [i for i, s in enumerate(subjects) if s == subject]
+        groups |= {f"subject {s}": [i for i, x in enumerate(subjects) if x == s] for s in sorted(set(subjects))}
+    if args.by_combo:
+        names = [f"{color} {shape}" for color, shape in sorted(UNSEEN_COMBOS)]
+        groups |= {f"combo {n}": [i for i, p in enumerate(prompts) if n in p] for n in names}
+    for name, rows in groups.items():
+        if rows:
             change = np.mean(changes, axis=0)[rows]
-            print(f"  subject {subject:20s} {len(rows):2d} prompts: base {base[rows].mean():.3f}, "
-                  f"change {change.mean():+.3f}")
+            print(f"  {name:28s} {len(rows):2d} prompts: base {base[rows].mean():.3f}, change {change.mean():+.3f}")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,12 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+BUILTIN_SHAPES = "builtin:shapes"  # the embedded ShapesWorld pipeline: the default model, and what several defaults follow
+
+
 @dataclass
 class ModelConfig:
-    pretrained: str = opt("builtin:shapes", "Pipeline to fine-tune: a local diffusers directory, a hub id, or builtin:shapes.")
+    pretrained: str = opt(BUILTIN_SHAPES, f"Pipeline to fine-tune: a local diffusers directory, a hub id, or {BUILTIN_SHAPES}.")
     revision: str | None = opt(None, "Hub revision of the pretrained pipeline.")
     lora: bool = opt(True, "Train LoRA adapters (True) or the whole denoiser, SD's UNet or SD3's transformer (False), exported with save_pretrained to RUN/unet/ or RUN/transformer/ (its name in a diffusers pipeline), which `diffrl evaluate --lora RUN` loads.")
     lora_rank: int = opt(4, "LoRA rank.")
@@ -455,7 +458,7 @@ def trains_text_encoder(config: Config) -> bool:
     m = config.model
     if m.train_text_encoder is not None:
         return m.train_text_encoder
-    return m.lora and m.pretrained == "builtin:shapes"
+    return m.lora and m.pretrained == BUILTIN_SHAPES
 
 
 def inner_epochs(config: Config) -> int:

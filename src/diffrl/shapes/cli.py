@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from diffrl.config import BUILTIN_SHAPES
 from diffrl.errors import DiffrlError
 from diffrl.shapes import BUILTIN_MODEL_DIR
 from diffrl.shapes.pretrain import DEFAULT_GUIDANCE, DEFAULT_STEPS, LOSS_WEIGHTINGS, PretrainConfig
@@ -103,7 +104,7 @@ def _report(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import evaluate_base, format_table, save_grid
 
     _set_threads(args.threads)
-    model = BUILTIN_MODEL_DIR if args.model in ("builtin", "builtin:shapes") else Path(args.model)
+    model = BUILTIN_MODEL_DIR if args.model in ("builtin", BUILTIN_SHAPES) else Path(args.model)
     table, images = evaluate_base(model, args.images_per_prompt, args.seed, args.steps, args.guidance,
                                   max_prompts=args.max_prompts)
     print(format_table(table))
