@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import diffrl.checkpoint as ckpt
 from diffrl.cli import main
 from diffrl.config import Config, RESUMABLE_KEYS, apply_mapping, describe_fields, load_config, read_config_file, \
-    resume_conflicts, validate
+    resume_conflicts, validate, with_resolved_defaults
 from diffrl.errors import DiffrlError, RunHalted
 from diffrl.prompts import read_prompt_file
 from diffrl.runlog import RunLogger
@@ -202,10 +202,10 @@ def test_resume_names_every_differing_key_and_refuses_other_models_and_prompts(s
 
 
 def test_resume_conflicts_allows_exactly_the_whitelist():
-    base = Config()
+    base = with_resolved_defaults(Config())  # as a run directory records it
     for key, default, _ in describe_fields():
         section, name = key.split(".")
-        changed = Config()
+        changed = with_resolved_defaults(Config())
         value = getattr(getattr(changed, section), name)
         new = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2 + 1, str: lambda v: v + "x",
                list: lambda v: v + ["x"], type(None): lambda v: "x" if key != "run.threads" else 2}[type(value)](value)

@@ -1,4 +1,6 @@
 """model.train_text_encoder: LoRA on the CLIP text encoder, trained with the UNet's (tiny SD pipeline)."""
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -139,3 +141,40 @@ def test_the_default_trains_the_text_encoder_on_shapesworld_only(pretrained, lor
     config = load_config(overrides={"model.pretrained": pretrained, "model.lora": lora,
                                     "model.train_text_encoder": setting})
     assert trains_text_encoder(config) is trained
+
+
+def test_a_run_records_the_resolved_value_and_resumes_by_it(tmp_path):
+    """model.train_text_encoder's default follows the model (and changed on 2026-12-02): config.yaml records what
+    the run trains, so resuming compares that, not the default of the day."""
+    from diffrl.compare import run_state
+    from diffrl.config import load_config, resume_conflicts, with_resolved_defaults
+    from diffrl.errors import DiffrlError
+    from diffrl.run_state import write_config
+
+    default, unet_only = load_config(), load_config(overrides={"model.train_text_encoder": False})
+    recorded_on, recorded_off = with_resolved_defaults(default), with_resolved_defaults(unet_only)
+    assert (recorded_on.model.train_text_encoder, recorded_off.model.train_text_encoder) == (True, False)
+    assert resume_conflicts(recorded_on, default) == [] and resume_conflicts(recorded_off, unet_only) == []
+    assert resume_conflicts(recorded_off, default) == ["model.train_text_encoder (False -> True)"]
+    # Written before runs recorded it (None): either setting may resume; the checkpoint's weights decide (next test).
+    assert resume_conflicts(default, unet_only) == [] and resume_conflicts(default, default) == []
+    # diffrl compare --resume plans runs with the unresolved default and must recognize its own runs.
+    write_config(tmp_path / "on", recorded_on)
+    assert run_state(tmp_path / "on", default) == "new"
+    write_config(tmp_path / "off", recorded_off)
+    with pytest.raises(DiffrlError, match="different configuration"):
+        run_state(tmp_path / "off", default)
+
+
+def test_resuming_without_the_adapters_the_checkpoint_holds_names_the_setting(te_run, tmp_path, capsys):
+    """A run directory from before runs recorded the value (null) resumes under today's default; when that disagrees
+    with the checkpoint's weights, the one-line error says which setting resumes it."""
+    legacy = tmp_path / "legacy"
+    shutil.copytree(te_run, legacy)
+    config = (legacy / "config.yaml").read_text()
+    assert "train_text_encoder: true" in config
+    (legacy / "config.yaml").write_text(config.replace("train_text_encoder: true", "train_text_encoder: null"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(legacy), "--epochs", "3"]) == 2  # the tiny pipeline's default: off
+    err = capsys.readouterr().err.strip()
+    assert "resume with --set model.train_text_encoder=true" in err and len(err.splitlines()) == 1

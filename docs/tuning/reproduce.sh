@@ -142,6 +142,8 @@ declare -A RUNS=(
   [demo_te20_lr2cos]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set train.learning_rate=2e-3 --set train.lr_schedule=cosine"
   [demo_te20_all]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --prompts shapes:color_binding_unseen-train-all"
   [demo_te20_k8]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set sample.k=8 --set sample.prompts_per_batch=32"
+  # section 19: the demo trained on its 10 orange-triangle prompts only (can RL learn the combination at all?)
+  [demo_te20_ot]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --prompts tuning_prompts:orange_triangle_train --set run.eval_prompts=shapes:color_binding_unseen-val"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"

@@ -1,5 +1,5 @@
 """Prompt sources for the tuning study (docs/tuning.md): `--prompts tuning_prompts:hard3` with PYTHONPATH=docs/tuning."""
-from diffrl.shapes.world import all_prompts
+from diffrl.shapes.world import all_prompts, prompt_set
 
 
 def _pick(texts: list[str]) -> list[tuple[str, dict]]:
@@ -11,3 +11,10 @@ def hard3() -> list[tuple[str, dict]]:
     """Three color_binding_unseen-train prompts the base model mostly fails (success 0.5, 0.125, 0.125)."""
     return _pick(["a red circle and a purple triangle", "an orange triangle and a red square",
                   "a blue circle and a purple square"])
+
+
+def orange_triangle_train() -> list[tuple[str, dict]]:
+    """The 10 color_binding_unseen-train prompts that name an orange triangle (section 19: the combination the demo
+    does not learn)."""
+    return [(spec.text, spec.to_metadata()) for spec in prompt_set("color_binding", "unseen-train")
+            if "orange triangle" in spec.text]

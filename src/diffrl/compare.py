@@ -119,12 +119,13 @@ def _comparable(config: dict) -> dict:
 
 def run_state(run_dir: Path, config) -> str:
     """'new', 'finished' or 'partial'; DiffrlError when the directory holds a different experiment."""
-    from diffrl.config import load_config
+    from diffrl.config import load_config, with_resolved_defaults
 
     if not (run_dir / CONFIG_FILE).is_file():
         return "new"
-    existing = load_config(run_dir / CONFIG_FILE).to_dict()  # keys added since the run was made take their defaults
-    if _comparable(existing) != _comparable(config.to_dict()):
+    # Keys added since the run was made take their defaults; defaults that follow the model compare as resolved.
+    existing = with_resolved_defaults(load_config(run_dir / CONFIG_FILE), like=config).to_dict()
+    if _comparable(existing) != _comparable(with_resolved_defaults(config).to_dict()):
         raise DiffrlError(f"{run_dir} holds a run with a different configuration; use the same settings or another --out")
     done = last_epoch(run_dir)
     if done == config.run.epochs:

@@ -41,7 +41,7 @@ class ModelConfig:
     lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
     lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "Modules of the UNet (SD3: the transformer) that get LoRA adapters (peft target_modules: names or name suffixes).")
     resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
-    train_text_encoder: bool | None = opt(None, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024). None (default): on for the built-in ShapesWorld model (builtin:shapes) with LoRA, where the 20-epoch demo reaches with it about what UNet-only LoRA reaches in 35 epochs, in 57% of the time (docs/tuning.md, section 18); off for every other pipeline.")
+    train_text_encoder: bool | None = opt(None, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024). None (default): on for the built-in ShapesWorld model (builtin:shapes) with LoRA, where the 20-epoch demo reaches with it about what UNet-only LoRA reaches in 35 epochs, in 57% of the time (docs/tuning.md, section 18); off for every other pipeline. A run's config.yaml records the resolved value, so a resumed run trains what it trained whatever the default is then.")
 
 
 @dataclass
@@ -390,6 +390,7 @@ def resume_conflicts(saved: Config, new: Config) -> list[str]:
     def flat(config: Config) -> dict:
         return {f"{section}.{key}": value for section, fields in config.to_dict().items() for key, value in fields.items()}
 
+    saved, new = with_resolved_defaults(saved, like=new), with_resolved_defaults(new)
     old, now = flat(saved), flat(new)
     conflicts = [f"{key} ({old[key]!r} -> {now[key]!r})" for key in now
                  if key not in RESUMABLE_KEYS and old.get(key) != now[key] and not _both_nan(old.get(key), now[key])]
@@ -450,6 +451,16 @@ def chunk_size(config: Config, pairs: int, cuda: bool) -> int:
     if config.train.chunk_size is not None:
         return config.train.chunk_size
     return GPU_CHUNK_SIZE if cuda else max(pairs, 1)
+
+
+def with_resolved_defaults(config: Config, like: Config | None = None) -> Config:
+    """The config as a run directory records it: model.train_text_encoder, whose default follows the model (and
+    changed on 2026-12-02), written out, so that a later change of that default cannot change what a resumed run
+    trains. `like`: for a config read back from a run directory written before runs recorded the value (None there),
+    take the value `like` resolves to; the run's checkpoint weights then decide whether it can resume."""
+    source = like if like is not None and config.model.train_text_encoder is None else config
+    return dataclasses.replace(config, model=dataclasses.replace(config.model,
+                                                                 train_text_encoder=trains_text_encoder(source)))
 
 
 def trains_text_encoder(config: Config) -> bool:

@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from diffrl import checkpoint as ckpt
 from diffrl.config import (LR_SCHEDULES, RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype,
                            images_per_epoch, inner_epochs, load_config, minibatches, resume_conflicts, total_updates,
-                           trains_text_encoder, validate)
+                           trains_text_encoder, validate, with_resolved_defaults)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
@@ -99,6 +99,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     Mistakes in the prompts, the rewards or the model fail before anything is written.
     """
     validate(config)
+    config = with_resolved_defaults(config)
     check_device(config, torch.cuda.is_available())  # adamw8bit, fp16 frozen weights: fail before anything loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
@@ -360,7 +361,12 @@ def restore(run: RunState) -> dict | None:
     trainable = run.trainable
     mismatch = sorted(set(weights) ^ set(trainable)) or [n for n, p in trainable.items() if weights[n].shape != p.shape]
     if mismatch:
-        raise DiffrlError(f"{path} does not match this model's trainable weights (e.g. {mismatch[0]}); cannot resume")
+        saved_text_encoder = any(name.startswith("text_encoder.") for name in weights)
+        hint = (f"; it was trained {'with' if saved_text_encoder else 'without'} text-encoder adapters: resume with "
+                f"--set model.train_text_encoder={str(saved_text_encoder).lower()}"
+                if saved_text_encoder != any(name.startswith("text_encoder.") for name in trainable) else "")
+        raise DiffrlError(f"{path} does not match this model's trainable weights (e.g. {mismatch[0]}); cannot resume"
+                          + hint)
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(weights[name])
