@@ -1,6 +1,7 @@
 """`diffrl evaluate | compare | report` through the real CLI on the tiny pipeline, plus the interval math by hand."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -190,6 +191,21 @@ def test_report_rebuilds_from_run_dirs(compared, tmp_path):
     table = (tmp_path / "rep" / "report.md").read_text().splitlines()
     assert table[0].startswith("| method | seeds | images | train s | reward_mean | eval/brightness |")
     assert table[0].endswith("eval/brightness change |") and len(table) == 2 + len(groups)
+
+
+def test_report_names_what_differs_beyond_the_seed(compared, tmp_path, capsys):
+    out, _, _ = compared
+    copies = [tmp_path / f"seed{s}" for s in (0, 1)]
+    for seed, copy in zip((0, 1), copies):
+        shutil.copytree(out / "runs" / "ppo" / f"seed{seed}", copy)
+    first, second = (c / "config.yaml" for c in copies)
+    assert "  step_weight_power: 0.0\n" in first.read_text() and "chunk_size: null" in second.read_text()
+    first.write_text(first.read_text().replace("  step_weight_power: 0.0\n", ""))  # a key added after the run
+    second.write_text(second.read_text().replace("chunk_size: null", "chunk_size: 8"))
+    capsys.readouterr()
+    assert main(["report", *map(str, copies), "--out", str(tmp_path / "rep")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "more than their seed" in line]
+    assert len(notes) == 1 and notes[0].endswith("differ in more than their seed: train.chunk_size")
 
 
 def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_path):

@@ -43,8 +43,12 @@ def run(args) -> int:
         runs.sort(key=lambda r: r["config"]["run"]["seed"])
         settings = [{s: {k: v for k, v in sec.items() if k not in ("seed", "out", "progress", "threads")}
                      for s, sec in r["config"].items()} for r in runs]
-        if any(x != settings[0] for x in settings[1:]):
-            print(f"diffrl: report: note: the runs of {label} differ in more than their seed")
+        # A run made before a key existed lacks it (it ran as that key's default): compare the runs that have it.
+        keys = {(s, k) for x in settings for s, sec in x.items() for k in sec}
+        differing = sorted(f"{s}.{k}" for s, k in keys
+                           if len({repr(x[s][k]) for x in settings if k in x.get(s, {})}) > 1)
+        if differing:
+            print(f"diffrl: report: note: the runs of {label} differ in more than their seed: {', '.join(differing)}")
     write_report(groups, args.out, title="diffrl report", targets=targets)
     print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
           f"wrote {args.out / 'report.html'}")
