@@ -24,7 +24,7 @@ from accelerate.utils import gather_object
 from diffrl import checkpoint as ckpt
 from diffrl.config import (LR_SCHEDULES, RESUMABLE_KEYS, Config, check_device, frozen_torch_dtype,
                            images_per_epoch, inner_epochs, load_config, minibatches, resume_conflicts, total_updates,
-                           trains_text_encoder, validate, with_resolved_defaults)
+                           validate, with_resolved_defaults)
 from diffrl.core import b2 as b2core
 from diffrl.core.advantages import PerPromptStatTracker
 from diffrl.core.ddim import trained_steps
@@ -41,6 +41,7 @@ from diffrl.sampling import FlowPolicy, Policy, PromptEmbeds, encode_prompts, ma
 from diffrl.update import resolved_clip_range
 
 CONFIG_FILE = "config.yaml"
+TEXT_ENCODER_PREFIX = "text_encoder."  # checkpoint names of the text encoder's adapters, beside the UNet's
 
 
 @dataclass
@@ -121,7 +122,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
     torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
-    if trains_text_encoder(config):
+    if config.model.train_text_encoder:  # resolved above: a bool
         check_text_encoder_trainable(pipe, config.model.pretrained)
     unet = denoiser(pipe)  # SD3: the transformer
     # train.frozen_dtype ('auto': the mixed-precision dtype on a GPU, fp32 on CPU). Frozen weights in half
@@ -139,11 +140,11 @@ def start_run(config: Config, resume: bool) -> RunState:
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # diffusers ModelMixin; recomputes activations in backward
     trainable = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-    text_encoder = pipe.text_encoder if trains_text_encoder(config) else None
+    text_encoder = pipe.text_encoder if config.model.train_text_encoder else None
     if text_encoder is not None:
         add_text_encoder_lora(text_encoder, config.model.lora_rank, config.model.lora_alpha)
         text_encoder.eval()  # peft's new layers too: sampling and training must encode alike
-        trainable |= {f"text_encoder.{n}": p for n, p in text_encoder.named_parameters() if p.requires_grad}
+        trainable |= {TEXT_ENCODER_PREFIX + n: p for n, p in text_encoder.named_parameters() if p.requires_grad}
     for name, param in trainable.items():
         if param.dtype != torch.float32:  # peft's adapters on a bf16/fp16 base layer
             param.data = param.data.float()
@@ -361,10 +362,10 @@ def restore(run: RunState) -> dict | None:
     trainable = run.trainable
     mismatch = sorted(set(weights) ^ set(trainable)) or [n for n, p in trainable.items() if weights[n].shape != p.shape]
     if mismatch:
-        saved_text_encoder = any(name.startswith("text_encoder.") for name in weights)
+        saved_text_encoder = any(name.startswith(TEXT_ENCODER_PREFIX) for name in weights)
         hint = (f"; it was trained {'with' if saved_text_encoder else 'without'} text-encoder adapters: resume with "
                 f"--set model.train_text_encoder={str(saved_text_encoder).lower()}"
-                if saved_text_encoder != any(name.startswith("text_encoder.") for name in trainable) else "")
+                if saved_text_encoder != (run.train_text_encoder is not None) else "")
         raise DiffrlError(f"{path} does not match this model's trainable weights (e.g. {mismatch[0]}); cannot resume"
                           + hint)
     with torch.no_grad():
