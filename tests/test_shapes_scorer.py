@@ -257,3 +257,50 @@ def test_shapes_graded_reward_orders_spatial_samples_by_margin_and_equals_dense_
     # clean spatial renders satisfy the relation by >= 3 px: graded within a sixth of (1 - sigmoid(2)) of 1
     assert (graded[spatial] > 1 - (1 - 1 / (1 + np.exp(-2.0))) / 6 - 1e-9).all()
     assert (graded[spatial] < dense[spatial]).all()
+
+
+# ----------------------------------------------------------------------------- graded color (shapes_hue)
+
+def test_color_match_hand_computed():
+    red_fill = dataclasses.replace(_box(2, 11, 5, 14), color="red", shape="triangle", fill=(215.0, 35.0, 35.0))
+    assert scorer.color_match(red_fill, "red", 50.0) == 1.0  # segmented as the named color
+    # red -> orange: d^2 = 30^2 + 95^2 + 15^2 = 10150, exp(-10150 / 5000)
+    assert scorer.color_match(red_fill, "orange", 50.0) == pytest.approx(np.exp(-2.03))
+    assert scorer.color_match(dataclasses.replace(red_fill, fill=None), "orange", 50.0) == 0.0  # fill not measured
+
+
+def test_graded_color_credits_a_triangle_drawn_near_the_named_color():
+    spec = PromptSpec("an orange triangle and a red square", "color_binding",
+                      (ShapeObject("orange", "triangle"), ShapeObject("red", "square")))
+    reddish = dataclasses.replace(_box(2, 11, 2, 11), color="red", shape="triangle", fill=(240.0, 80.0, 25.0))
+    square = dataclasses.replace(_box(2, 11, 20, 29), color="red", shape="square", fill=(215.0, 35.0, 35.0))
+    exact = scorer.constraints([reddish, square], spec)
+    graded = scorer.constraints([reddish, square], spec, color_softness=50.0)
+    near = np.exp(-(5**2 + 50**2 + 5**2) / 5000)  # the triangle's fill is 50.5 from orange; the square's 100.7
+    assert exact == [0, 0, 1, 1, 1]
+    assert graded == pytest.approx([near, near, 1, 1, 1])
+    # only a triangle earns the color-shape term: the square alone gives the color term its (smaller) credit
+    far = np.exp(-10150 / 5000)
+    assert scorer.constraints([square], spec, color_softness=50.0)[:2] == pytest.approx([far, 0.0])
+
+
+def test_find_objects_measures_the_fill():
+    image = draw(draw(canvas(), "triangle", "orange", 2, 2, side=12), "square", "blue", 18, 18, side=10)
+    found = scorer.find_objects(image[None])[0]
+    assert sorted((c.color, c.fill) for c in found) == [("blue", tuple(map(float, COLORS["blue"]))),
+                                                         ("orange", tuple(map(float, COLORS["orange"])))]
+
+
+def test_shapes_hue_reward_is_at_least_dense_and_equal_where_every_color_is_drawn():
+    images, specs = clean_set()
+    wrong_images, wrong_specs, kinds = wrong_set()
+    images, specs = np.concatenate([images, wrong_images]), specs + wrong_specs
+    prompts, metadata = [s.text for s in specs], [s.to_metadata() for s in specs]
+    hue = get_reward("shapes_hue")(images, prompts, metadata)
+    dense = get_reward("shapes")(images, prompts, metadata)
+    assert hue.shape == dense.shape and (hue <= 1.0).all()
+    assert (hue >= dense - 1e-12).all()  # grades only replace zeros of the binary terms
+    clean = slice(0, len(clean_set()[1]))
+    np.testing.assert_allclose(hue[clean], dense[clean])  # clean renders: every color right, nothing to grade
+    wrong_color = np.flatnonzero(np.asarray(kinds) == "wrong color") + len(clean_set()[1])
+    assert (hue[wrong_color] > dense[wrong_color]).any()  # a wrong color drawn near the named one earns credit

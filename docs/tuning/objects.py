@@ -5,7 +5,8 @@
 
 Samples with `diffrl evaluate`'s sampler and noise (image j of prompt i seeded by (seed, i, j); the defaults' DDIM 10
 steps, eta 1, guidance 3), so the images are the ones `diffrl evaluate --prompts ... --seed S` scores for those
-prompts' positions in the selection. Prints the detected objects (color, shape, area in pixels) of every image.
+prompts' positions in the selection. Prints the detected objects (color, shape, area in pixels, median RGB fill) of
+every image.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def main() -> None:
     images, texts, _ = sample_evaluation_images(pipe, Config().sample, prompts, args.images_per_prompt, args.seed)
     images = np.asarray(images)
     for text, found in zip(texts, find_objects(images)):
-        print(f"{text}: " + ", ".join(f"{c.color} {c.shape} ({c.area} px)" for c in found))
+        print(f"{text}: " + ", ".join(f"{c.color} {c.shape} ({c.area} px, fill {tuple(round(v) for v in c.fill)})"
+                                      for c in found))
     n = args.images_per_prompt
     strips = [np.concatenate(list(images[i * n:(i + 1) * n]), axis=1) for i in range(len(prompts))]
     height, width = images.shape[1:3]

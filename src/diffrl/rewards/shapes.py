@@ -5,6 +5,10 @@
 - ``shapes_graded``: the dense score with the spatial relation graded by its pixel margin,
   sigmoid(margin / 2 px), so a spatial sample that nearly satisfies the relation scores more than one
   that is far off (the same as ``shapes`` on the other categories).
+- ``shapes_hue``: the dense score with every object's color graded by how near the nearest drawn object's fill
+  comes to the named color, exp(-d^2 / (2 * 50^2)) in RGB units (1 when it is that color), so that a triangle drawn
+  red-orange for "an orange triangle" scores more than a red one: a signal where every sample of a group misses
+  the color and the binary terms tie.
 - ``shapes_<category>`` (single, color_binding, counting, spatial): the dense score on that
   category's samples and NaN on the others. NaN rather than an error, so that one name works
   on mixed prompt sets: evaluation averages with nanmean (``shapes_spatial`` over
@@ -22,7 +26,7 @@ import numpy as np
 
 from diffrl.errors import DiffrlError
 from diffrl.rewards.base import Reward, register_reward
-from diffrl.shapes.scorer import graded_batch, score_batch
+from diffrl.shapes.scorer import COLOR_SOFTNESS, graded_batch, score_batch
 from diffrl.shapes.world import CATEGORIES, PromptSpec
 
 
@@ -52,6 +56,12 @@ def shapes_graded(images: np.ndarray, prompts: list[str], metadata: list[dict]) 
     return graded_batch(np.asarray(images), _specs(prompts, metadata))
 
 
+def shapes_hue(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) dense score with each object's color graded by its distance from the named color, in [0, 1]."""
+    return graded_batch(np.asarray(images), _specs(prompts, metadata), relation_softness=None,
+                        color_softness=COLOR_SOFTNESS)
+
+
 def category_reward(category: str) -> Reward:
     """The dense score on `category`'s samples, NaN on the others (see the module docstring)."""
 
@@ -71,5 +81,6 @@ def _factory(reward: Reward) -> Callable[[], Reward]:
 register_reward("shapes")(_factory(shapes_dense))
 register_reward("shapes_success")(_factory(shapes_success))
 register_reward("shapes_graded")(_factory(shapes_graded))
+register_reward("shapes_hue")(_factory(shapes_hue))
 for _category in CATEGORIES:
     register_reward(f"shapes_{_category}")(_factory(category_reward(_category)))

@@ -53,6 +53,9 @@ MIN_AREA = 10  # px at 32x32, scaled with the image area; an 8 px triangle, the 
 MAX_LINE_DIST = 90.0  # RGB units off every blend line: not a palette color, treated as background
 RELATION_TOLERANCE = 1  # px of overlap allowed between the two extents (blur, apex pixels)
 RELATION_SOFTNESS = 2.0  # px: the graded relation (shapes_graded) goes from 0.27 to 0.73 over +-2 px of margin
+# RGB units: the graded color (shapes_hue) of a fill halfway from red to orange (~50 away) is 0.61, of a red fill
+# for "orange" (101 away) 0.13, of a yellow one (86 away) 0.23; every other pair of palette colors is >= 112 apart.
+COLOR_SOFTNESS = 50.0
 # Shape thresholds on the features of `shape_features`, measured on 900 single-object renders
 # (clean | blur sigma 0.8 + color noise std 15): triangle vertical skewness <= -0.52 | -0.33,
 # circle and square |skew| <= 0.04 | 0.08; circle corner moment <= 0.68 | 0.81, square >= 1.0
@@ -75,6 +78,7 @@ class Component:
     bottom: int
     left: int
     right: int
+    fill: tuple[float, float, float] | None = None  # median RGB of its pixels (None: not measured)
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -189,8 +193,9 @@ def find_objects(images: np.ndarray) -> list[list[Component]]:
         crop = (i, slice(top, bottom + 5), slice(left, right + 5))  # box +- 2 px in padded coords
         skew, corner = shape_features(ids_p[crop] == cid, alpha_p[crop][..., color], labels_p[crop] < 0)
         ys, xs = np.nonzero(mask)
+        fill = tuple(float(v) for v in np.median(images[i][mask], axis=0))
         objects[i].append(Component(COLOR_NAMES[color], classify_shape(skew, corner), area,
-                                    float(ys.sum() / area), float(xs.sum() / area), top, bottom, left, right))
+                                    float(ys.sum() / area), float(xs.sum() / area), top, bottom, left, right, fill))
     return [sorted(found, key=lambda c: -c.area) for found in objects]
 
 
@@ -219,6 +224,17 @@ def relation_margin(subject: Component, other: Component, relation: str) -> floa
     raise ValueError(f"unknown relation {relation!r}")
 
 
+def color_match(component: Component, color: str, softness: float) -> float:
+    """1 when the component was segmented as `color`, else exp(-d^2 / (2 softness^2)), d = the RGB distance of its
+    fill from the palette's `color`: how near an object of the wrong color came to the named one."""
+    if component.color == color:
+        return 1.0
+    if component.fill is None:
+        return 0.0
+    distance_sq = float(np.sum((np.asarray(component.fill) - COLORS[color]) ** 2))
+    return float(np.exp(-distance_sq / (2 * softness**2)))
+
+
 def relation_holds(subject: Component, other: Component, relation: str) -> bool:
     """Subject's pixel extent on the `relation` side of the other's (y grows down)."""
     return relation_margin(subject, other, relation) > 0
@@ -235,16 +251,25 @@ def constraint_names(spec: PromptSpec) -> list[str]:
     return names + ["object count"]
 
 
-def constraints(found: list[Component], spec: PromptSpec, relation_softness: float | None = None) -> list[float]:
+def constraints(found: list[Component], spec: PromptSpec, relation_softness: float | None = None,
+                color_softness: float | None = None) -> list[float]:
     """The prompt's constraints on the detected objects, in the order the module docstring lists.
 
     Each is 0 or 1; with `relation_softness` (px) the spatial relation is graded instead,
     sigmoid(margin / softness): 0.5 on the boundary, rising smoothly as the objects move apart the right way.
+    With `color_softness` (RGB units) each object's color and color-shape constraints are graded: the best
+    `color_match` over the objects (of that shape, for the second), so a triangle drawn red for "an orange
+    triangle" scores more the nearer its fill comes to orange.
     """
     checks: list[float] = []
     for obj in spec.objects:
-        checks.append(any(c.color == obj.color for c in found))
-        checks.append(any(c.color == obj.color and c.shape == obj.shape for c in found))
+        if color_softness is None:
+            checks.append(any(c.color == obj.color for c in found))
+            checks.append(any(c.color == obj.color and c.shape == obj.shape for c in found))
+        else:
+            checks.append(max((color_match(c, obj.color, color_softness) for c in found), default=0.0))
+            checks.append(max((color_match(c, obj.color, color_softness) for c in found if c.shape == obj.shape),
+                              default=0.0))
     expected = len(spec.objects)
     if spec.category == "counting":
         obj, expected = spec.objects[0], int(spec.count)
@@ -274,16 +299,18 @@ def score_batch(images: np.ndarray, specs: list[PromptSpec]) -> tuple[np.ndarray
     return dense, np.asarray([all(c) for c in checks], dtype=bool)
 
 
-def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness: float = RELATION_SOFTNESS) -> np.ndarray:
-    """Dense score with the spatial relation graded by its pixel margin (`constraints`): (N,) in [0, 1].
+def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness: float | None = RELATION_SOFTNESS,
+                 color_softness: float | None = None) -> np.ndarray:
+    """Dense score with the spatial relation graded by its pixel margin and, given `color_softness`, the colors by
+    their distance from the named ones (`constraints`): (N,) in [0, 1].
 
-    Where the binary relation only says "held or not", the margin says by how much, so nearly every spatial
-    sample carries reward signal about layout; equal to the dense score on the other categories.
+    Where a binary constraint only says "held or not", the grade says by how much, so nearly every sample carries
+    reward signal about what it missed; with both softnesses None it is the dense score.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
         raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
-    return np.asarray([np.mean(constraints(found, spec, relation_softness))
+    return np.asarray([np.mean(constraints(found, spec, relation_softness, color_softness))
                        for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
 
