@@ -49,3 +49,13 @@ def test_kl_penalty_needs_lora(tmp_path, tiny_pipeline_dir, prompt_file, capsys)
                  str(tmp_path / "x"), *BASE, "--set", "train.kl_coef=0.1", "--set", "model.lora=false"]) == 2
     assert "needs model.lora" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_clip_warning_names_an_annealed_step():
+    from diffrl.trainer import clip_idle_message
+
+    metrics = {"ratio_min": 0.9992, "ratio_max": 1.0006, "lr": 2e-5}
+    annealed = clip_idle_message(34, metrics, 9.37e-4, learning_rate=1e-3)
+    assert "epoch 34" in annealed and "annealed to 2e-05" in annealed and "inner_epochs" not in annealed
+    constant = clip_idle_message(3, {**metrics, "lr": 1e-3}, 9.37e-4, learning_rate=1e-3)
+    assert "inner_epochs" in constant and "annealed" not in constant

@@ -144,12 +144,20 @@ declare -A RUNS=(
   [demo_te20_k8]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --set sample.k=8 --set sample.prompts_per_batch=32"
   # section 19: the demo trained on its 10 orange-triangle prompts only (can RL learn the combination at all?)
   [demo_te20_ot]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --prompts tuning_prompts:orange_triangle_train --set run.eval_prompts=shapes:color_binding_unseen-val"
+  # section 20: the demo for 40 epochs (section 20 ran demo_te20 and continued it with --resume RUN --epochs 30, then
+  # 40, evaluating in between: the same computation at a constant step), its step cosine-annealed over the 40 epochs,
+  # and two rewards
+  [demo_te40]="--epochs 40 --set model.train_text_encoder=true --set run.eval_every=10"
+  [demo_cos40]="--epochs 40 --set model.train_text_encoder=true --set run.eval_every=10 --set train.lr_schedule=cosine"
+  [demo_te20_hue]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --reward shapes_hue"
+  [demo_te20_mix]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --reward shapes,shapes_success"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
-  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2" [demo_te20_all]="1 2")
+  [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
+  [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

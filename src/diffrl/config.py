@@ -105,7 +105,7 @@ class B2Config:
 class RunConfig:
     out: str | None = opt(None, "Run directory; default runs/<date>-<time>-<algo>.")
     seed: int = opt(0, "Seed for prompts, noise and initialization.")
-    epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update). Demo: 20 x 256 images with 16 updates each and the text encoder trained too, 8-9 min on 2 CPU cores; it reaches what 35 epochs of UNet-only LoRA reach (docs/tuning.md, section 18).")
+    epochs: int = opt(20, "Training epochs (one epoch = sample, reward, update). Demo: 20 x 256 images with 16 updates each and the text encoder trained too, 3-9 min on 2 CPU cores depending on the machine; it reaches what 35 epochs of UNet-only LoRA reach (docs/tuning.md, section 18), and 30 or 40 epochs gain no more on average (section 20).")
     reward: str = opt("shapes", "Reward(s): NAME or module:function, comma separated, each optionally NAME:WEIGHT.")
     prompts: str = opt("shapes:color_binding_unseen-train", "Prompts: a text file, a built-in set, or module:function. Demo: color-binding prompts with color-shape combos the base model was not pretrained on.")
     eval_prompts: str | None = opt(AUTO, "Held-out prompts, evaluated before training, every eval_every epochs and at the end. 'auto' follows run.prompts: with ShapesWorld prompts (shapes:...) shapes:color_binding_unseen-val (the demo: the other half of the unseen color-binding pairs); with any other fixed set of at least 5 distinct prompts, a fixed-seed 20% of them (at least 1), which training then never samples; with fewer, or a prompt generator, none (said once at start). A prompt spec as for run.prompts: those prompts. None: off.")

@@ -300,12 +300,21 @@ def warn_if_clipping_idle(run: RunState, metrics: dict) -> None:
     applied = metrics.get("updates", 0) > 0  # an epoch whose updates were all skipped says nothing of the clip
     if run.estimator.clipped and applied and metrics.get("clip_fraction") == 0 and not run.clip_warned:
         run.clip_warned = True
-        run.accelerator.print(
-            f"diffrl: warning: PPO clipping never acted in epoch {run.counters['epoch']}: importance ratios in "
-            f"[{metrics['ratio_min']:.6g}, {metrics['ratio_max']:.6g}], clip range "
-            f"{resolved_clip_range(run.config, run.latent_shape):.3g}; reuse each batch (train.inner_epochs, "
-            "train.minibatches > 1) and size the clip range to sample.logprob_reduce (train.clip_range = "
-            "none calibrates it; docs/tuning.md)")
+        run.accelerator.print(clip_idle_message(run.counters["epoch"], metrics,
+                                                resolved_clip_range(run.config, run.latent_shape),
+                                                run.config.train.learning_rate))
+
+
+def clip_idle_message(epoch: int, metrics: dict, clip_range: float, learning_rate: float) -> str:
+    """The never-clipped warning; an annealed schedule's last epochs are expected to move too little to clip."""
+    if metrics.get("lr", learning_rate) < 0.1 * learning_rate:
+        why = (f"the step has annealed to {metrics['lr']:.3g} (train.lr_schedule), too small to reach the clip: "
+               "expected near the schedule's end")
+    else:
+        why = ("reuse each batch (train.inner_epochs, train.minibatches > 1) and size the clip range to "
+               "sample.logprob_reduce (train.clip_range = none calibrates it; docs/tuning.md)")
+    return (f"diffrl: warning: PPO clipping never acted in epoch {epoch}: importance ratios in "
+            f"[{metrics['ratio_min']:.6g}, {metrics['ratio_max']:.6g}], clip range {clip_range:.3g}; {why}")
 
 
 def track_eval(counters: dict, metrics: dict, key: str, epoch: int, drop: float | None) -> str | None:
