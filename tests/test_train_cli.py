@@ -117,3 +117,16 @@ def test_held_out_summary_first_to_last():
     records = [{"epoch": 0, "eval/shapes": 0.5}, {"epoch": 1, "reward_mean": 0.1},
                {"epoch": 5, "eval/shapes": 0.75, "eval/once": 1.0}, {"epoch": 10, "eval/shapes": 0.625}]
     assert held_out_summary(records) == ["held-out shapes: 0.5000 (epoch 0) -> 0.6250 (epoch 10)"]
+
+
+@pytest.mark.parametrize("setting, expected", [([], True), (["--set", "run.deterministic=false"], False)])
+def test_cpu_runs_use_deterministic_algorithms_unless_told_not_to(setting, expected, tiny_pipeline_dir, prompt_file,
+                                                                  tmp_path):
+    torch.use_deterministic_algorithms(not expected)  # the run must set it, whatever the process had
+    try:
+        assert main(["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--out",
+                     str(tmp_path / "run"), "--epochs", "1", *BASE, "--set", "run.eval_prompts=none",
+                     *setting]) == 0
+        assert torch.are_deterministic_algorithms_enabled() is expected
+    finally:
+        torch.use_deterministic_algorithms(False)
