@@ -117,7 +117,7 @@ class RunConfig:
     tensorboard: bool = opt(True, "Write TensorBoard events.")
     wandb: bool = opt(False, "Also log to Weights & Biases (pip install wandb).")
     threads: int | None = opt(None, "torch CPU threads (default: torch's choice).")
-    deterministic: bool | None = opt(None, "torch.use_deterministic_algorithms for the run. None (default): on without a GPU, where it costs nothing measurable on ShapesWorld and makes a run bit-reproducible at any thread count (without it, two 2-thread `make demo` runs differed from the first epoch and ended at +0.153 and +0.125; docs/tuning.md, section 20); off on GPUs, where some kernels have no deterministic variant (true there may need CUBLAS_WORKSPACE_CONFIG=:4096:8 and raise on such kernels).")
+    deterministic: bool | None = opt(None, "torch.use_deterministic_algorithms for the run. None (default): on without a GPU, where it costs nothing measurable on ShapesWorld and makes a run bit-reproducible at any thread count (without it, two 2-thread `make demo` runs differed from the first epoch and ended at +0.153 and +0.125; docs/tuning.md, section 20); off on GPUs, where some kernels have no deterministic variant. Under None an op without one warns; true makes it an error (and on a GPU may need CUBLAS_WORKSPACE_CONFIG=:4096:8).")
     progress: bool = opt(True, "Show a progress bar.")
     early_stop_drop: float | None = opt(None, "Stop early when the held-out reward (first reward part) falls more than this below its best so far (None: off; needs run.eval_prompts and run.eval_every >= 1).")
 
@@ -376,12 +376,12 @@ def frozen_torch_dtype(config: Config, cuda: bool):
 
 
 # Keys that may change when a run is resumed: they do not enter the math of the remaining updates.
-# (train.chunk_size only regroups the same sums and run.deterministic fixes their order; floating-point rounding may differ in the last bits;
-# train.gradient_checkpointing recomputes the same activations.)
+# (train.chunk_size only regroups the same sums and run.deterministic fixes their order; floating-point rounding may
+# differ in the last bits; train.gradient_checkpointing recomputes the same activations.)
 RESUMABLE_KEYS = frozenset({
     "run.out", "run.epochs", "run.save_every", "run.image_every", "run.eval_every", "run.eval_prompts",
-    "run.eval_images_per_prompt", "run.progress", "run.threads", "run.deterministic", "run.keep_checkpoints", "run.tensorboard",
-    "run.wandb", "run.early_stop_drop", "train.max_consecutive_skips", "train.chunk_size",
+    "run.eval_images_per_prompt", "run.progress", "run.threads", "run.deterministic", "run.keep_checkpoints",
+    "run.tensorboard", "run.wandb", "run.early_stop_drop", "train.max_consecutive_skips", "train.chunk_size",
     "train.gradient_checkpointing",
 })
 

@@ -104,8 +104,9 @@ def start_run(config: Config, resume: bool) -> RunState:
     check_device(config, torch.cuda.is_available())  # adamw8bit, fp16 frozen weights: fail before anything loads
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    deterministic = config.run.deterministic
-    torch.use_deterministic_algorithms(not torch.cuda.is_available() if deterministic is None else deterministic)
+    deterministic = config.run.deterministic  # by default an op without a deterministic variant warns, not fails
+    torch.use_deterministic_algorithms(not torch.cuda.is_available() if deterministic is None else deterministic,
+                                       warn_only=deterministic is None)
     use_tf32(config.train.allow_tf32)
     # cpu=True when no GPU: accelerate then runs multi-process CPU jobs (torchrun / accelerate launch) over gloo.
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, cpu=not torch.cuda.is_available())
