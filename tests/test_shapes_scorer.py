@@ -264,6 +264,7 @@ def test_shapes_graded_reward_orders_spatial_samples_by_margin_and_equals_dense_
 def test_color_match_hand_computed():
     red_fill = dataclasses.replace(_box(2, 11, 5, 14), color="red", shape="triangle", fill=(215.0, 35.0, 35.0))
     assert scorer.color_match(red_fill, "red", 50.0) == 1.0  # segmented as the named color
+    assert scorer.color_match(red_fill, "orange") == 0.0  # no softness: the exact, binary check
     # red -> orange: d^2 = 30^2 + 95^2 + 15^2 = 10150, exp(-10150 / 5000)
     assert scorer.color_match(red_fill, "orange", 50.0) == pytest.approx(np.exp(-2.03))
     assert scorer.color_match(dataclasses.replace(red_fill, fill=None), "orange", 50.0) == 0.0  # fill not measured
@@ -300,7 +301,7 @@ def test_shapes_hue_reward_is_at_least_dense_and_equal_where_every_color_is_draw
     dense = get_reward("shapes")(images, prompts, metadata)
     assert hue.shape == dense.shape and (hue <= 1.0).all()
     assert (hue >= dense - 1e-12).all()  # grades only replace zeros of the binary terms
-    clean = slice(0, len(clean_set()[1]))
-    np.testing.assert_allclose(hue[clean], dense[clean])  # clean renders: every color right, nothing to grade
-    wrong_color = np.flatnonzero(np.asarray(kinds) == "wrong color") + len(clean_set()[1])
+    n_clean = len(clean_set()[1])
+    np.testing.assert_allclose(hue[:n_clean], dense[:n_clean])  # clean renders: every color right, nothing to grade
+    wrong_color = np.flatnonzero(np.asarray(kinds) == "wrong color") + n_clean
     assert (hue[wrong_color] > dense[wrong_color]).any()  # a wrong color drawn near the named one earns credit

@@ -224,12 +224,12 @@ def relation_margin(subject: Component, other: Component, relation: str) -> floa
     raise ValueError(f"unknown relation {relation!r}")
 
 
-def color_match(component: Component, color: str, softness: float) -> float:
-    """1 when the component was segmented as `color`, else exp(-d^2 / (2 softness^2)), d = the RGB distance of its
-    fill from the palette's `color`: how near an object of the wrong color came to the named one."""
+def color_match(component: Component, color: str, softness: float | None = None) -> float:
+    """1 when the component was segmented as `color`; else 0, or with `softness` exp(-d^2 / (2 softness^2)), d = the
+    RGB distance of its fill from the palette's `color`: how near an object of the wrong color came to the named one."""
     if component.color == color:
         return 1.0
-    if component.fill is None:
+    if softness is None or component.fill is None:
         return 0.0
     distance_sq = float(np.sum((np.asarray(component.fill) - COLORS[color]) ** 2))
     return float(np.exp(-distance_sq / (2 * softness**2)))
@@ -263,13 +263,9 @@ def constraints(found: list[Component], spec: PromptSpec, relation_softness: flo
     """
     checks: list[float] = []
     for obj in spec.objects:
-        if color_softness is None:
-            checks.append(any(c.color == obj.color for c in found))
-            checks.append(any(c.color == obj.color and c.shape == obj.shape for c in found))
-        else:
-            checks.append(max((color_match(c, obj.color, color_softness) for c in found), default=0.0))
-            checks.append(max((color_match(c, obj.color, color_softness) for c in found if c.shape == obj.shape),
-                              default=0.0))
+        checks.append(max((color_match(c, obj.color, color_softness) for c in found), default=0.0))
+        checks.append(max((color_match(c, obj.color, color_softness) for c in found if c.shape == obj.shape),
+                          default=0.0))
     expected = len(spec.objects)
     if spec.category == "counting":
         obj, expected = spec.objects[0], int(spec.count)
