@@ -24,9 +24,10 @@ def test_on_policy_estimators_take_one_update_and_explicit_values_win():
     assert (minibatches(config), inner_epochs(config)) == (4, 2)
 
 
-def test_chunk_size_default_is_one_call_on_cpu_and_8_on_a_gpu_and_explicit_values_win():
+def test_chunk_size_default_is_one_call_on_cpu_up_to_256_pairs_and_8_on_a_gpu_and_explicit_values_win():
     default = load_config()
     assert chunk_size(default, 144, cuda=False) == 144  # every pair of the minibatch at once
+    assert chunk_size(default, 2048, cuda=False) == 256  # up to the CPU cap (a REINFORCE epoch's one minibatch)
     assert chunk_size(default, 0, cuda=False) == 1  # an empty minibatch still splits into valid chunks
     assert chunk_size(default, 144, cuda=True) == 8
     explicit = load_config(overrides={"train.chunk_size": 32})

@@ -69,7 +69,7 @@ class TrainConfig:
     adam_epsilon: float = opt(1e-8, "AdamW epsilon.")
     inner_epochs: int | None = opt(None, "Passes over each sampled batch; default 1 (reinforce* are on-policy and must use 1). The clipped estimators (ppo, loop, grpo) may reuse samples under their trust region, but on ShapesWorld fresh samples learned more per second than 4 passes over fewer (docs/tuning.md).")
     minibatches: int | None = opt(None, "Optimizer updates per inner epoch; default 1 for reinforce* (on-policy), and for the clipped estimators one update per ~16 samples (samples per epoch // 16, lowered to a divisor; 16 at the defaults): every update after the first is off-policy, so their trust region acts even in one pass (docs/tuning.md).")
-    chunk_size: int | None = opt(None, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks (the same sums regrouped). None: every pair of a minibatch in one call on CPU (ShapesWorld, K = 8, 2 threads: training 1.2-1.5x faster than 32 pairs per call, docs/performance.md), 8 on a GPU. Activation memory grows with it: on SD 2.x at 512px (bf16, LoRA) 8 peaks at 19.6 GB and 32 at 71 GB on the GPU, 1.15x faster; 32 with train.gradient_checkpointing peaks at 16.8 GB (docs/performance.md). A large model on CPU needs a number here.")
+    chunk_size: int | None = opt(None, "(sample, timestep) pairs per UNet call in training; gradients accumulate over chunks (the same sums regrouped). None: every pair of a minibatch in one call on CPU, at most 256 (ShapesWorld, K = 8, 2 threads: training 1.2-1.5x faster than 32 pairs per call; REINFORCE's 2,048-pair minibatch 3.5x slower in one call than in chunks of 64-256; docs/performance.md), 8 on a GPU. Activation memory grows with it: on SD 2.x at 512px (bf16, LoRA) 8 peaks at 19.6 GB and 32 at 71 GB on the GPU, 1.15x faster; 32 with train.gradient_checkpointing peaks at 16.8 GB (docs/performance.md). A large model on CPU needs a number here.")
     clip_range: float | None = opt(None, "PPO clip range epsilon. None: calibrated to the log-prob reduction and the latent size D, 0.015/sqrt(D) for 'mean' and 0.015*sqrt(D) for 'sum' (1e-3 on ShapesWorld's D = 256; DDPO's 1e-4 on SD's D = 16,384 is the same trust region; docs/tuning.md). A fixed value that is wrong for the reduction never clips (warned once per run).")
     kl_coef: float = opt(0.0, "Weight beta of a KL penalty toward the base model, beta * KL(pi_theta || pi_base) per trained step (LoRA only: the reference is the UNet with its adapters disabled; costs one more UNet forward per trained pair). 0: off.")
     adv_clip_max: float = opt(5.0, "Advantages are clamped to [-adv_clip_max, adv_clip_max].")
@@ -444,14 +444,18 @@ def minibatches(config: Config) -> int:
 
 # train.chunk_size's default on a GPU: SD 2.x at 512 px (LoRA, bf16) peaks at 19.6 GB (docs/performance.md).
 GPU_CHUNK_SIZE = 8
+# ...and its cap on CPU: up to a few hundred pairs one call is fastest; REINFORCE's one 2,048-pair minibatch per
+# epoch (ShapesWorld, 256 samples x 8 steps) trained 3.5x slower in one call than in chunks of 64-256 (1 thread).
+CPU_MAX_CHUNK_SIZE = 256
 
 
 def chunk_size(config: Config, pairs: int, cuda: bool) -> int:
     """(sample, step) pairs per UNet call for a minibatch of `pairs`: train.chunk_size, or (None) all of them on
-    CPU, where one larger call is faster and memory is rarely short, and GPU_CHUNK_SIZE on a GPU."""
+    CPU up to CPU_MAX_CHUNK_SIZE, where one larger call is faster and memory is rarely short, and GPU_CHUNK_SIZE on
+    a GPU."""
     if config.train.chunk_size is not None:
         return config.train.chunk_size
-    return GPU_CHUNK_SIZE if cuda else max(pairs, 1)
+    return GPU_CHUNK_SIZE if cuda else min(max(pairs, 1), CPU_MAX_CHUNK_SIZE)
 
 
 def with_resolved_defaults(config: Config, like: Config | None = None) -> Config:
