@@ -193,6 +193,31 @@ def test_report_rebuilds_from_run_dirs(compared, tmp_path):
     assert table[0].endswith("eval/brightness change |") and len(table) == 2 + len(groups)
 
 
+def test_report_keeps_records_that_rebuild_and_extend_it_without_the_run_dirs(compared, tmp_path):
+    out, _, _ = compared
+    copies = tmp_path / "copies"  # run directories that will be gone, as after a session ends
+    shutil.copytree(out / "runs", copies)
+    runs = sorted(copies.glob("*/seed*"))
+    rep = tmp_path / "rep"
+    assert main(["report", *map(str, runs), "--out", str(rep)]) == 0
+    first = json.loads((rep / "report.json").read_text())["groups"]
+    records = sorted(rep.glob("records/*/*"))
+    assert [r.relative_to(rep / "records") for r in records] == [r.relative_to(copies) for r in runs]
+    assert {p.name for p in records[0].iterdir()} == {"config.yaml", "metrics.jsonl", "record.json"}
+    shutil.rmtree(copies)
+    # Rebuilt from the records alone: the same groups, curves and final values.
+    assert main(["report", *map(str, records), "--out", str(rep)]) == 0
+    again = json.loads((rep / "report.json").read_text())["groups"]
+    for label, group in first.items():
+        assert again[label]["seeds"] == group["seeds"] and again[label]["curves"] == group["curves"]
+        assert again[label]["final"] == group["final"]
+    # A report over some of them (or some plus new runs) keeps exactly its own runs' records.
+    kept = [r for r in records if r.parent.name == "ppo"]
+    assert main(["report", *map(str, kept), "--out", str(rep)]) == 0
+    assert sorted(rep.glob("records/*/*")) == kept
+    assert set(json.loads((rep / "report.json").read_text())["groups"]) == {"ppo K=2"}
+
+
 def test_report_names_what_differs_beyond_the_seed(compared, tmp_path, capsys):
     out, _, _ = compared
     copies = [tmp_path / f"seed{s}" for s in (0, 1)]

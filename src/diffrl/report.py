@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ from diffrl.errors import DiffrlError
 from diffrl.runlog import read_metrics
 
 CONFIG_FILE = "config.yaml"  # trainer.CONFIG_FILE; not imported so `diffrl report` stays light
+METRICS_FILE = "metrics.jsonl"
+# A run's record: its config and metrics without weights or checkpoints (tens of kB), written by `diffrl report`
+# under OUT/records/ so that a report can be rebuilt and extended after the run directories are gone.
+RECORD_FILE = "record.json"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -109,17 +114,55 @@ def stopped_early(run_dir: Path) -> str | None:
 
 
 def load_run(run_dir: Path) -> dict:
-    """{'dir', 'config', 'metrics', 'last_epoch', 'finished', 'stopped_early'} of a run directory; DiffrlError if it
-    is not one.
+    """{'dir', 'config', 'metrics', 'last_epoch', 'finished', 'stopped_early'} of a run directory or of a run's
+    record (write_record); DiffrlError if it is neither.
 
     A run is finished when it trained its planned epochs or stopped early by `run.early_stop_drop`."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / "metrics.jsonl").is_file():
-        raise DiffrlError(f"{run_dir} is not a diffrl run directory (needs {CONFIG_FILE} and metrics.jsonl)")
+    if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
+        raise DiffrlError(f"{run_dir} is not a diffrl run directory (needs {CONFIG_FILE} and {METRICS_FILE})")
     config = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
-    epoch, early = last_epoch(run_dir), stopped_early(run_dir)
+    if (run_dir / RECORD_FILE).is_file() and not ckpt.list_checkpoints(run_dir):
+        record = json.loads((run_dir / RECORD_FILE).read_text())
+        epoch, early = record["last_epoch"], record["stopped_early"]
+    else:
+        epoch, early = last_epoch(run_dir), stopped_early(run_dir)
     return {"dir": run_dir, "config": config, "metrics": read_metrics(run_dir), "last_epoch": epoch,
             "stopped_early": early, "finished": epoch == config["run"]["epochs"] or early is not None}
+
+
+def write_record(run: dict, dest: Path) -> None:
+    """Copy a loaded run's config and metrics to `dest` with what its checkpoints said (last epoch, early stop):
+    enough for load_run, so that `diffrl report` can rebuild the curves and tables from it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_FILE, METRICS_FILE):
+        shutil.copyfile(Path(run["dir"]) / name, dest / name)
+    (dest / RECORD_FILE).write_text(json.dumps({"source": str(run["dir"]), "last_epoch": run["last_epoch"],
+                                                "stopped_early": run["stopped_early"]}, indent=1) + "\n")
+
+
+def record_dir(run_dir: Path, records: Path) -> Path:
+    """Where a run's record goes under `records`: named by its last two path parts (compare's METHOD/seedN)."""
+    return records / run_dir.parent.name / run_dir.name
+
+
+def write_records(runs: list[dict], records: Path) -> None:
+    """Records of `runs` under `records` (a run that is already a record there stays as it is); records there of
+    runs not given are removed, so the folder holds exactly the report's runs."""
+    kept = set()
+    for run in runs:
+        src = Path(run["dir"]).resolve()
+        if src.parent.parent == records.resolve():
+            kept.add(src)
+            continue
+        dest = record_dir(Path(run["dir"]), records)
+        while dest.resolve() in kept:  # two inputs with the same METHOD/seedN (from different studies)
+            dest = dest.with_name(dest.name + "+")
+        write_record(run, dest)
+        kept.add(dest.resolve())
+    for stale in records.glob(f"*/*/{RECORD_FILE}"):
+        if stale.parent.resolve() not in kept:
+            shutil.rmtree(stale.parent)
 
 
 def default_label(config: dict) -> str:

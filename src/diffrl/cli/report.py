@@ -10,7 +10,10 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="rebuild figures + HTML from finished run directories",
                               description="Groups runs by their config's algorithm and K (seeds are replicates) and "
                                           "writes report.json, reward_vs_images.png, reward_vs_wallclock.png, "
-                                          "report.html.")
+                                          "report.html, and under OUT/records/ each run's record (config and "
+                                          "metrics, no weights): RUN_DIR may be a record, so `diffrl report "
+                                          "OUT/records/*/* NEW_RUN... --out OUT` extends a report after its run "
+                                          "directories are gone.")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
     add_target_flag(p)
@@ -24,7 +27,7 @@ def add_target_flag(parser) -> None:
 
 
 def run(args) -> int:
-    from diffrl.report import default_label, load_run, parse_target, write_report
+    from diffrl.report import default_label, load_run, parse_target, write_records, write_report
 
     targets = [parse_target(t) for t in args.targets]
     groups: dict[str, list[dict]] = {}
@@ -50,6 +53,7 @@ def run(args) -> int:
         if differing:
             print(f"diffrl: report: note: the runs of {label} differ in more than their seed: {', '.join(differing)}")
     write_report(groups, args.out, title="diffrl report", targets=targets)
+    write_records([r for runs in groups.values() for r in runs], args.out / "records")
     print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
           f"wrote {args.out / 'report.html'}")
     return 0
