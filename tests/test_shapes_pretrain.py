@@ -4,7 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffrl.shapes import BUILTIN_MODEL_DIR
+from diffrl.errors import DiffrlError
+from diffrl.shapes import BUILTIN_MODELS
 from diffrl.shapes.pretrain import PretrainConfig, denoiser_target, draw_timesteps, loss_weights, pretrain, zero_terminal_snr_scheduler
 
 TINY = dict(vae_channels=(8, 8, 8), block_channels=(8, 16, 16), text_dim=8, text_layers=1,
@@ -100,11 +101,22 @@ def test_pretrain_is_deterministic(tmp_path):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
 
 
-def test_builtin_model_generates():
-    if not (BUILTIN_MODEL_DIR / "model_index.json").exists():
-        pytest.skip(f"no shipped model at {BUILTIN_MODEL_DIR} yet (train it with `diffrl shapes pretrain`)")
-    images = generate(load(BUILTIN_MODEL_DIR), "a red circle")
+@pytest.mark.parametrize("name", ["shapes", "shapes-spatial"])
+def test_builtin_models_resolve_and_generate(name):
+    from diffrl.models.pipeline import resolve_model
+
+    path = resolve_model(f"builtin:{name}")
+    assert path == str(BUILTIN_MODELS[name])
+    images = generate(load(path), "a red circle above a blue square")
     assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_an_unknown_builtin_model_names_the_available_ones():
+    from diffrl.models.pipeline import resolve_model
+
+    with pytest.raises(DiffrlError, match="unknown built-in model 'builtin:nope'; available: builtin:shapes, "
+                                          "builtin:shapes-spatial"):
+        resolve_model("builtin:nope")
 
 
 def test_every_prompt_word_is_one_token(tmp_path):

@@ -30,18 +30,19 @@ def opt(default: Any, help: str) -> Any:
 
 
 BUILTIN_SHAPES = "builtin:shapes"  # the embedded ShapesWorld pipeline: the default model, and what several defaults follow
+BUILTIN_SHAPES_SPATIAL = "builtin:shapes-spatial"  # the shipped base of the spatial-relation studies (docs/shapesworld.md)
 
 
 @dataclass
 class ModelConfig:
-    pretrained: str = opt(BUILTIN_SHAPES, f"Pipeline to fine-tune: a local diffusers directory, a hub id, or {BUILTIN_SHAPES}.")
+    pretrained: str = opt(BUILTIN_SHAPES, f"Pipeline to fine-tune: a local diffusers directory, a hub id, {BUILTIN_SHAPES} or {BUILTIN_SHAPES_SPATIAL} (ShapesWorld's base for spatial relations).")
     revision: str | None = opt(None, "Hub revision of the pretrained pipeline.")
     lora: bool = opt(True, "Train LoRA adapters (True) or the whole denoiser, SD's UNet or SD3's transformer (False), exported with save_pretrained to RUN/unet/ or RUN/transformer/ (its name in a diffusers pipeline), which `diffrl evaluate --lora RUN` loads.")
     lora_rank: int = opt(4, "LoRA rank.")
     lora_alpha: float = opt(4.0, "LoRA alpha (scale = alpha / rank).")
     lora_target_modules: list[str] = opt(["to_k", "to_q", "to_v", "to_out.0"], "Modules of the UNet (SD3: the transformer) that get LoRA adapters (peft target_modules: names or name suffixes).")
     resolution: int | None = opt(None, "Image size in pixels; default: the UNet's sample size x the VAE's scale factor.")
-    train_text_encoder: bool | None = opt(None, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024). None (default): on for the built-in ShapesWorld model (builtin:shapes) with LoRA, where the 20-epoch demo reaches with it about what UNet-only LoRA reaches in 35 epochs, in 57% of the time (docs/tuning.md, section 18); off for every other pipeline. A run's config.yaml records the resolved value, so a resumed run trains what it trained whatever the default is then.")
+    train_text_encoder: bool | None = opt(None, "Also train LoRA adapters on the CLIP text encoder's attention projections (q_proj, k_proj, v_proj, out_proj), with model.lora_rank and model.lora_alpha; SD 1.x/2.x pipelines with a CLIP text encoder (the only kind whose adapters diffusers' load_lora_weights restores) and model.lora = true only. Every training chunk re-encodes its prompts and the empty prompt with gradient, so the importance ratio compares the current text encoder + UNet with the ones that sampled; the empty prompt is re-encoded for guidance before each epoch's sampling, and RUN/lora/ holds both sets of adapters (diffusers' load_lora_weights restores them). On ShapesWorld color binding, whose failures are attribute leakage (both objects in one color), it reached by epoch 15 what UNet-only LoRA reaches by epochs 30-40 (four seeds), and ended at the same level (docs/tuning.md, section 8; reward fine-tuning of the text encoder: TextCraftor, Li et al., CVPR 2024). None (default): on for the built-in ShapesWorld models (builtin:shapes, builtin:shapes-spatial) with LoRA, where the 20-epoch demo reaches with it about what UNet-only LoRA reaches in 35 epochs, in 57% of the time (docs/tuning.md, section 18); off for every other pipeline. A run's config.yaml records the resolved value, so a resumed run trains what it trained whatever the default is then.")
 
 
 @dataclass
@@ -474,7 +475,7 @@ def trains_text_encoder(config: Config) -> bool:
     m = config.model
     if m.train_text_encoder is not None:
         return m.train_text_encoder
-    return m.lora and m.pretrained == BUILTIN_SHAPES
+    return m.lora and m.pretrained in (BUILTIN_SHAPES, BUILTIN_SHAPES_SPATIAL)
 
 
 def inner_epochs(config: Config) -> int:

@@ -18,17 +18,19 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def resolve_model(spec: str) -> str:
-    """`builtin:shapes` -> the shipped ShapesWorld pipeline; local paths are checked; others are hub ids."""
+    """`builtin:NAME` -> a shipped ShapesWorld pipeline; local paths are checked; others are hub ids."""
     if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
-        if name != "shapes":
-            raise DiffrlError(f"unknown built-in model {spec!r}; available: builtin:shapes")
-        from diffrl.shapes import BUILTIN_MODEL_DIR
+        from diffrl.shapes import BUILTIN_MODELS
 
-        if not (Path(BUILTIN_MODEL_DIR) / "model_index.json").is_file():
-            raise DiffrlError(f"the built-in ShapesWorld model is missing at {BUILTIN_MODEL_DIR}; "
+        name = spec[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_MODELS:
+            raise DiffrlError(f"unknown built-in model {spec!r}; available: "
+                              + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS))
+        path = BUILTIN_MODELS[name]
+        if not (path / "model_index.json").is_file():
+            raise DiffrlError(f"the built-in ShapesWorld model {spec} is missing at {path}; "
                               "run `diffrl shapes pretrain --out DIR` and pass --model DIR")
-        return str(BUILTIN_MODEL_DIR)
+        return str(path)
     path = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") != 1
     if looks_local:

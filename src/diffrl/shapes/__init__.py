@@ -10,9 +10,14 @@ from diffrl.shapes.world import (
     all_prompts, first_named_object, prompt_set, render,
 )
 
-BUILTIN_MODEL_DIR: Path = Path(__file__).resolve().parent.parent / "assets" / "shapes"
+_ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUILTIN_MODEL_DIR: Path = _ASSETS / "shapes"
+# `builtin:NAME` -> shipped pipeline. shapes: the default base (docs/shapesworld.md). shapes-spatial: the base of the
+# spatial-relation studies, which reads the relation word (a spatial-only high-noise curriculum after a zero-terminal-
+# SNR pretraining; docs/tuning.md sections 11-13): shipped because that curriculum's outcome moves across CPUs.
+BUILTIN_MODELS: dict[str, Path] = {"shapes": BUILTIN_MODEL_DIR, "shapes-spatial": _ASSETS / "shapes_spatial"}
 
 __all__ = [
-    "BACKGROUND", "BUILTIN_MODEL_DIR", "CATEGORIES", "COLORS", "RELATIONS", "SHAPES", "UNSEEN_COMBOS",
+    "BACKGROUND", "BUILTIN_MODEL_DIR", "BUILTIN_MODELS", "CATEGORIES", "COLORS", "RELATIONS", "SHAPES", "UNSEEN_COMBOS",
     "PromptSpec", "ShapeObject", "all_prompts", "first_named_object", "prompt_set", "render",
 ]

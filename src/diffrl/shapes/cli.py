@@ -8,7 +8,6 @@ import argparse
 import json
 from pathlib import Path
 
-from diffrl.config import BUILTIN_SHAPES
 from diffrl.errors import DiffrlError
 from diffrl.shapes import BUILTIN_MODEL_DIR
 from diffrl.shapes.pretrain import DEFAULT_GUIDANCE, DEFAULT_STEPS, LOSS_WEIGHTINGS, PretrainConfig
@@ -47,7 +46,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_pretrain)
 
     r = commands.add_parser("report", help="sample val/unseen prompts and print the per-category success table")
-    r.add_argument("--model", default="builtin", help="pipeline directory, or 'builtin' for the shipped model")
+    r.add_argument("--model", default="builtin", help="pipeline directory, 'builtin' for the shipped model, or "
+                                                      "builtin:NAME (builtin:shapes, builtin:shapes-spatial)")
     r.add_argument("--images-per-prompt", type=int, default=8)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
@@ -101,10 +101,11 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from diffrl.models.pipeline import resolve_model
     from diffrl.shapes.pretrain import evaluate_base, format_table, save_grid
 
     _set_threads(args.threads)
-    model = BUILTIN_MODEL_DIR if args.model in ("builtin", BUILTIN_SHAPES) else Path(args.model)
+    model = BUILTIN_MODEL_DIR if args.model == "builtin" else Path(resolve_model(args.model))
     table, images = evaluate_base(model, args.images_per_prompt, args.seed, args.steps, args.guidance,
                                   max_prompts=args.max_prompts)
     print(format_table(table))
