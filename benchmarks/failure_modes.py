@@ -76,7 +76,7 @@ def about_subject(prompts: list, subject: str) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:shapes")
+    parser.add_argument("--model", help="pipeline (default: the run's model when --lora is a run, else builtin:shapes)")
     parser.add_argument("--lora", default=None, help="a run directory or LoRA directory, as diffrl evaluate --lora")
     parser.add_argument("--prompts", default="shapes:spatial_unseen-val")
     parser.add_argument("--images-per-prompt", type=int, default=8)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from diffrl.cli.evaluate import load_weights
+    from diffrl.cli.evaluate import default_model, load_weights
     from diffrl.config import Config
     from diffrl.evaluation import sample_evaluation_images
     from diffrl.models.pipeline import load_pipeline, resolve_model
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = Config().sample
     if args.eta is not None:
         sample = dataclasses.replace(sample, eta=args.eta)
+    args.model = args.model or default_model(Path(args.lora) if args.lora else None)
     pipe = load_pipeline(resolve_model(args.model))
     if args.lora:
         load_weights(pipe, Path(args.lora))

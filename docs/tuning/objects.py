@@ -18,7 +18,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="builtin:shapes")
+    parser.add_argument("--model", help="pipeline (default: the run's model when --lora is a run, else builtin:shapes)")
     parser.add_argument("--lora", type=Path, help="a run directory or LoRA directory, as diffrl evaluate --lora")
     parser.add_argument("--prompts", default="shapes:color_binding_unseen-train")
     parser.add_argument("--match", action="append", default=[], help="keep the prompts containing this (repeatable)")
@@ -30,7 +30,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from diffrl.cli.evaluate import load_weights
+    from diffrl.cli.evaluate import default_model, load_weights
     from diffrl.config import Config
     from diffrl.evaluation import sample_evaluation_images
     from diffrl.models.pipeline import load_pipeline, resolve_model
@@ -38,6 +38,7 @@ def main() -> None:
     from diffrl.shapes.scorer import find_objects
 
     torch.set_num_threads(1)
+    args.model = args.model or default_model(args.lora if args.lora else None)
     pipe = load_pipeline(resolve_model(args.model))
     if args.lora:
         load_weights(pipe, args.lora)

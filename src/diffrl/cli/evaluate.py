@@ -60,6 +60,13 @@ def _run_config(lora: Path | None):
     return None
 
 
+def default_model(lora: Path | None) -> str:
+    """--model's default: the run's pipeline when --lora is a run directory, else the default config's."""
+    from diffrl.config import Config
+
+    return (_run_config(lora) or Config()).model.pretrained
+
+
 def held_out_prompts(config, run_dir: Path | None) -> tuple[str, list]:
     """--prompts' default: (what to record as the prompt set, the prompts) from a run's config, or the default config.
 
