@@ -133,6 +133,9 @@ declare -A RUNS=(
   [spall_w1_cos_te_lr2_k8t2]="$K8 --epochs 60 --set run.threads=2"
   # + linear warmup over the first 96 of 960 updates (6 epochs)
   [spall_w1_cos_te_lr2_k8w96]="$K8 --epochs 60 --set train.lr_warmup_updates=96 --set run.threads=2"
+  # section 21: the same K = 8 run on the shipped spatial base (a later --model wins)
+  [spk8ship]="$K8 --model builtin:shapes-spatial --epochs 60"
+  [spk8ship_unet]="$K8 --model builtin:shapes-spatial --set model.train_text_encoder=false --epochs 60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
@@ -157,7 +160,8 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_fresh64_loostd]="1" [h_fresh128]="1" [h_fresh64_lr2e-3]="1" [h_tf05]="1" [h_te]="1 2 3" [h_lin2e-3]="1" [h_w1]="1"
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
-  [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1")
+  [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
+  [spk8ship]="1 2" [spk8ship_unet]="2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
