@@ -29,6 +29,7 @@ def opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+BUILTIN_PREFIX = "builtin:"  # a shipped pipeline (diffrl.shapes.BUILTIN_MODELS): every one is a ShapesWorld model
 BUILTIN_SHAPES = "builtin:shapes"  # the embedded ShapesWorld pipeline: the default model, and what several defaults follow
 BUILTIN_SHAPES_SPATIAL = "builtin:shapes-spatial"  # the shipped base of the spatial-relation studies (docs/shapesworld.md)
 
@@ -470,12 +471,12 @@ def with_resolved_defaults(config: Config, like: Config | None = None) -> Config
 
 
 def trains_text_encoder(config: Config) -> bool:
-    """model.train_text_encoder, or (None) on for the built-in ShapesWorld model with LoRA and off otherwise: measured
+    """model.train_text_encoder, or (None) on for the built-in ShapesWorld models with LoRA and off otherwise: measured
     there only (docs/tuning.md, sections 8 and 18), and SD3 pipelines have no adapters diffusers can restore."""
     m = config.model
     if m.train_text_encoder is not None:
         return m.train_text_encoder
-    return m.lora and m.pretrained in (BUILTIN_SHAPES, BUILTIN_SHAPES_SPATIAL)
+    return m.lora and m.pretrained.startswith(BUILTIN_PREFIX)
 
 
 def inner_epochs(config: Config) -> int:

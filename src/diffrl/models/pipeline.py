@@ -12,9 +12,8 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 
+from diffrl.config import BUILTIN_PREFIX
 from diffrl.errors import DiffrlError
-
-BUILTIN_PREFIX = "builtin:"
 
 
 def resolve_model(spec: str) -> str:
