@@ -17,24 +17,29 @@ UNET_ONLY="--set model.train_text_encoder=false"
 # runs only this part. Colour binding on the shipped base, 40 epochs x 256 images per run, held-out evaluation every
 # 5 epochs; first a learning-rate sweep per method on seed 0, then 3 seeds at the chosen rate. Resumable: the same
 # command (or `diffrl compare --resume runs/cmp2/fig2-cb`) skips finished runs and resumes unfinished ones.
-fig2_cb() {
-  diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 \
+fig2_cb() { fig2 cb 0.50 0.55; }
+# fig2 TASK T1 T2 [TASK ARGS...]: the Figure 2 sweep and comparison on TASK's prompts, time to held-out success T1 and T2
+fig2() {
+  local task=$1 t1=$2 t2=$3; shift 3
+  diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 "$@" \
     --set run.eval_every=5 --set run.threads=1 --set run.progress=false $UNET_ONLY \
-    --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out runs/cmp2/fig2-cb
-  diffrl report runs/cmp2/fig2-cb/runs/*/seed* --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 \
-    --out docs/results/figure2-cb
-  rm -f docs/results/figure2-cb/report.html
+    --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --out runs/cmp2/fig2-$task
+  diffrl report runs/cmp2/fig2-$task/runs/*/seed* --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 \
+    --out docs/results/figure2-$task
+  rm -f docs/results/figure2-$task/report.html
 }
 # Figure 3 at 10,240 images (docs/results/README.md): LOOP K = 4, 3, 2 at about 256 images and 16 updates per epoch
 # (64 x 4, 85 x 3, 128 x 2), learning rate 1e-3; PPO is fig2_cb's run. `bash docs/results/reproduce.sh fig3-cb`.
-fig3_cb() {
-  local seeds=${SEEDS:-0,}
+fig3_cb() { fig3 cb 0.50 0.55 0.60; }
+# fig3 TASK T1 T2 T3 [TASK ARGS...]: the three LOOP runs on TASK's prompts; the report adds fig2 TASK's PPO runs
+fig3() {
+  local task=$1 t1=$2 t2=$3 t3=$4 seeds=${SEEDS:-0,}; shift 4
   diffrl compare --algos loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128 \
-    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
-    --set run.progress=false $UNET_ONLY --target eval/shapes_success=0.55 --out runs/cmp2/fig3-cb
-  diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/*/seed* --target eval/shapes_success=0.50 \
-    --target eval/shapes_success=0.55 --target eval/shapes_success=0.60 --out docs/results/figure3-cb
-  rm -f docs/results/figure3-cb/report.html
+    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 "$@" --set run.eval_every=5 --set run.threads=1 \
+    --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/fig3-$task
+  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/fig3-$task/runs/*/seed* --target eval/shapes_success=$t1 \
+    --target eval/shapes_success=$t2 --target eval/shapes_success=$t3 --out docs/results/figure3-$task
+  rm -f docs/results/figure3-$task/report.html
 }
 # B2-DiffuRL on and off at 10,240 images (docs/results/README.md): PPO and LOOP with one trunk per prompt and 4
 # branches (64 x 4 = 256 images per epoch, as K = 4 without B2), 40 stages over the 40 epochs, learning rate 1e-3;
@@ -48,7 +53,18 @@ b2_cb() {
     --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out docs/results/b2-cb
   rm -f docs/results/b2-cb/report.html
 }
+# Figure 2 on spatial relations (docs/results/README.md): fig2_cb's study on the shipped spatial base
+# (builtin:shapes-spatial, held-out spatial success 0.579), trained on every phrasing of the 27 unseen training
+# pairs, evaluated on the 27 held-out pairs; the same budget, sweep and resumability. `bash docs/results/reproduce.sh
+# fig2-sp` (about 12-15 min per run at one thread: 9 sweep runs, then seeds 1 and 2 of each method).
+SPATIAL="--model builtin:shapes-spatial --prompts shapes:spatial_unseen-train-all --set run.eval_prompts=shapes:spatial_unseen-val"
+fig2_sp() { fig2 sp 0.60 0.65 $SPATIAL; }
+# Figure 3 on spatial relations: fig3_cb's three LOOP runs on fig2_sp's task; PPO is fig2_sp's run.
+# `bash docs/results/reproduce.sh fig3-sp` (SEEDS=0,1,2 for more).
+fig3_sp() { fig3 sp 0.60 0.65 0.70 $SPATIAL; }
 if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
+if [[ "${1:-}" == fig3-sp ]]; then fig3_sp; exit 0; fi
+if [[ "${1:-}" == fig2-sp ]]; then fig2_sp; exit 0; fi
 if [[ "${1:-}" == b2-cb ]]; then b2_cb; exit 0; fi
 if [[ "${1:-}" == fig3-cb ]]; then fig3_cb; exit 0; fi
 

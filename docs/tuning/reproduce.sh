@@ -136,6 +136,11 @@ declare -A RUNS=(
   # section 21: the same K = 8 run on the shipped spatial base (a later --model wins)
   [spk8ship]="$K8 --model builtin:shapes-spatial --epochs 60"
   [spk8ship_unet]="$K8 --model builtin:shapes-spatial --set model.train_text_encoder=false --epochs 60"
+  # section 22: the same with the pretraining's 520 seen spatial prompts added to the 216 training phrasings
+  [spk8union]="$K8 --model builtin:shapes-spatial --prompts tuning_prompts:spatial_unseen_and_seen --epochs 60"
+  # ... and with only the seen prompts of the three color pairs the training pairs lack (orange+red, orange+yellow,
+  # red+yellow: 144 prompts)
+  [spk8cover]="$K8 --model builtin:shapes-spatial --prompts tuning_prompts:spatial_unseen_color_complete --epochs 60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
@@ -161,7 +166,7 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
   [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
-  [spk8ship]="1 2" [spk8ship_unet]="2")
+  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

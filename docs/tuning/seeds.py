@@ -8,7 +8,10 @@ paired change (mean over prompts of run - base, 95% t CI over prompts), the mean
 prediction interval (the range one more seed would fall in), and the per-prompt mean of the runs against the
 base (95% CI over prompts). --by-subject: the same per-prompt mean, grouped by the prompt's first-named object
 (ShapesWorld's "a purple triangle above ...": "purple triangle"). --by-combo: grouped by the unseen color-shape
-combination a prompt names (anywhere in it; a prompt with two counts in both groups).
+combination a prompt names (anywhere in it; a prompt with two counts in both groups). --by-colors: grouped by the
+two colors a prompt names ("orange+red"), to find pairs whose colors bleed into each other. --train-prompts SPEC:
+grouped by whether any of those training prompts names the same two colors (held-out prompts that exercise a color
+contrast training never showed). --per-prompt: every prompt's base value and each run's.
 """
 from __future__ import annotations
 
@@ -18,14 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrl.prompts import load_prompts
 from diffrl.report import mean_ci, prediction_interval
 from diffrl.shapes import UNSEEN_COMBOS, first_named_object
+from diffrl.shapes.world import COLORS
 
 
 def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
     result = json.loads((path / "results.json" if path.is_dir() else path).read_text())
     rows = result["per_prompt"]
     return [r["prompt"] for r in rows], np.array([r["scores"][metric] for r in rows])
+
+
+def colors_named(prompt: str) -> str:
+    """The colors a ShapesWorld prompt names, sorted and joined: "a red circle above an orange square" -> "orange+red"."""
+    return "+".join(sorted(c for c in COLORS if f"{c} " in prompt))
 
 
 def main() -> None:
@@ -35,6 +45,10 @@ def main() -> None:
     parser.add_argument("--metric", default="shapes_success")
     parser.add_argument("--by-subject", action="store_true", help="also group prompts by their first-named object")
     parser.add_argument("--by-combo", action="store_true", help="also group prompts by the unseen combination they name")
+    parser.add_argument("--by-colors", action="store_true", help="also group prompts by the two colors they name")
+    parser.add_argument("--train-prompts", metavar="SPEC",
+                        help="also group prompts by whether these training prompts name the same two colors")
+    parser.add_argument("--per-prompt", action="store_true", help="also print every prompt's base and run values")
     args = parser.parse_args()
     prompts, base = per_prompt(args.base, args.metric)
     changes = []
@@ -58,10 +72,22 @@ def main() -> None:
     if args.by_combo:
         names = [f"{color} {shape}" for color, shape in sorted(UNSEEN_COMBOS)]
         groups |= {f"combo {n}": [i for i, p in enumerate(prompts) if n in p] for n in names}
+    if args.by_colors:
+        pairs = [colors_named(p) for p in prompts]
+        groups |= {f"colors {pair}": [i for i, x in enumerate(pairs) if x == pair] for pair in sorted(set(pairs))}
+    if args.train_prompts:
+        trained = {colors_named(text) for text, _ in load_prompts(args.train_prompts).all()}
+        novel = [colors_named(p) not in trained for p in prompts]
+        groups |= {f"color pair {'not ' * flag}in training": [i for i, x in enumerate(novel) if x == flag]
+                   for flag in (False, True)}
     for name, rows in groups.items():
         if rows:
             change = np.mean(changes, axis=0)[rows]
             print(f"  {name:28s} {len(rows):2d} prompts: base {base[rows].mean():.3f}, change {change.mean():+.3f}")
+    if args.per_prompt:
+        print(f"  {'base':>5s} " + " ".join(f"run{i + 1:<2d}" for i in range(len(changes))) + "  prompt")
+        for i, prompt in enumerate(prompts):
+            print(f"  {base[i]:5.2f} " + " ".join(f"{base[i] + c[i]:5.2f}" for c in changes) + f"  {prompt}")
 
 
 if __name__ == "__main__":

@@ -18,3 +18,31 @@ def orange_triangle_train() -> list[tuple[str, dict]]:
     does not learn)."""
     return [(spec.text, spec.to_metadata()) for spec in prompt_set("color_binding", "unseen-train")
             if "orange triangle" in spec.text]
+
+
+def spatial_unseen_and_seen() -> list[tuple[str, dict]]:
+    """Every phrasing of the 27 spatial_unseen-train pairs plus the 520 spatial_train prompts (the pretraining's
+    seen pairs): the relation trained across many partners, not only on the unseen pairs (section 22)."""
+    return [(spec.text, spec.to_metadata())
+            for spec in (*prompt_set("spatial", "unseen-train-all"), *prompt_set("spatial", "train"))]
+
+
+def spatial_unseen_color_complete() -> list[tuple[str, dict]]:
+    """Every phrasing of the 27 spatial_unseen-train pairs plus the spatial_train prompts (seen pairs) of the color
+    pairs those lack (orange+red, orange+yellow, red+yellow: 144 prompts), so that training shows every two-color
+    contrast of the world; chosen from the training split alone (section 22)."""
+    unseen = prompt_set("spatial", "unseen-train-all")
+    covered = {_colors(spec) for spec in unseen}
+    extra = [spec for spec in prompt_set("spatial", "train") if _colors(spec) not in covered]
+    return [(spec.text, spec.to_metadata()) for spec in (*unseen, *extra)]
+
+
+def _colors(spec) -> frozenset[str]:
+    return frozenset(obj.color for obj in spec.objects)
+
+
+def spatial_seen_orange_warm() -> list[tuple[str, dict]]:
+    """The 72 spatial_train prompts (seen pairs) that put orange beside red or yellow: how the base does on the
+    contrast the held-out set asks for, on pairs pretraining drew (section 22)."""
+    return [(spec.text, spec.to_metadata()) for spec in prompt_set("spatial", "train")
+            if _colors(spec) in ({"orange", "red"}, {"orange", "yellow"})]
