@@ -7,7 +7,7 @@ import pytest
 
 from diffrl.shapes.world import (
     BACKGROUND, CATEGORIES, COLORS, GAP, SPATIAL_GAP, SPLITS, UNSEEN_COMBOS, PromptSpec, _in_relation, _separated,
-    all_prompts, first_named_object, prompt_set, render, sample_layout,
+    all_prompts, first_named_object, named_objects, prompt_set, render, sample_layout,
 )
 
 
@@ -129,3 +129,11 @@ def test_first_named_object_reads_the_grammar_of_every_category():
     for spec in all_prompts("train"):  # the first object the text names is the spec's first object
         first = spec.objects[0]
         assert first_named_object(spec.text) == f"{first.color} {first.shape}"
+
+
+def test_named_objects_lists_every_object_of_every_prompt_in_order():
+    assert named_objects("a purple triangle to the left of an orange circle") == ["purple triangle", "orange circle"]
+    assert named_objects("two green triangles") == ["green triangle"]
+    assert named_objects("a cat") == []
+    for spec in all_prompts("train") + all_prompts("unseen"):
+        assert named_objects(spec.text) == [f"{o.color} {o.shape}" for o in spec.objects]

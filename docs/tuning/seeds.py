@@ -23,8 +23,7 @@ import numpy as np
 
 from diffrl.prompts import load_prompts
 from diffrl.report import mean_ci, prediction_interval
-from diffrl.shapes import UNSEEN_COMBOS, first_named_object
-from diffrl.shapes.world import COLORS
+from diffrl.shapes import UNSEEN_COMBOS, first_named_object, named_objects
 
 
 def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
@@ -35,7 +34,7 @@ def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
 
 def colors_named(prompt: str) -> str:
     """The colors a ShapesWorld prompt names, sorted and joined: "a red circle above an orange square" -> "orange+red"."""
-    return "+".join(sorted(c for c in COLORS if f"{c} " in prompt))
+    return "+".join(sorted({obj.split()[0] for obj in named_objects(prompt)}))
 
 
 def main() -> None:

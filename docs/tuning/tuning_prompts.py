@@ -4,7 +4,7 @@ from diffrl.shapes.world import all_prompts, prompt_set
 
 def _pick(texts: list[str]) -> list[tuple[str, dict]]:
     table = {spec.text: spec for spec in all_prompts("unseen")}
-    return [(text, table[text].to_metadata()) for text in texts]
+    return _as_prompts(table[text] for text in texts)
 
 
 def hard3() -> list[tuple[str, dict]]:
@@ -16,15 +16,13 @@ def hard3() -> list[tuple[str, dict]]:
 def orange_triangle_train() -> list[tuple[str, dict]]:
     """The 10 color_binding_unseen-train prompts that name an orange triangle (section 19: the combination the demo
     does not learn)."""
-    return [(spec.text, spec.to_metadata()) for spec in prompt_set("color_binding", "unseen-train")
-            if "orange triangle" in spec.text]
+    return _as_prompts(spec for spec in prompt_set("color_binding", "unseen-train") if "orange triangle" in spec.text)
 
 
 def spatial_unseen_and_seen() -> list[tuple[str, dict]]:
     """Every phrasing of the 27 spatial_unseen-train pairs plus the 520 spatial_train prompts (the pretraining's
     seen pairs): the relation trained across many partners, not only on the unseen pairs (section 22)."""
-    return [(spec.text, spec.to_metadata())
-            for spec in (*prompt_set("spatial", "unseen-train-all"), *prompt_set("spatial", "train"))]
+    return _as_prompts([*prompt_set("spatial", "unseen-train-all"), *prompt_set("spatial", "train")])
 
 
 def spatial_unseen_color_complete() -> list[tuple[str, dict]]:
@@ -34,15 +32,19 @@ def spatial_unseen_color_complete() -> list[tuple[str, dict]]:
     unseen = prompt_set("spatial", "unseen-train-all")
     covered = {_colors(spec) for spec in unseen}
     extra = [spec for spec in prompt_set("spatial", "train") if _colors(spec) not in covered]
-    return [(spec.text, spec.to_metadata()) for spec in (*unseen, *extra)]
-
-
-def _colors(spec) -> frozenset[str]:
-    return frozenset(obj.color for obj in spec.objects)
+    return _as_prompts([*unseen, *extra])
 
 
 def spatial_seen_orange_warm() -> list[tuple[str, dict]]:
     """The 72 spatial_train prompts (seen pairs) that put orange beside red or yellow: how the base does on the
     contrast the held-out set asks for, on pairs pretraining drew (section 22)."""
-    return [(spec.text, spec.to_metadata()) for spec in prompt_set("spatial", "train")
-            if _colors(spec) in ({"orange", "red"}, {"orange", "yellow"})]
+    return _as_prompts(spec for spec in prompt_set("spatial", "train")
+                       if _colors(spec) in ({"orange", "red"}, {"orange", "yellow"}))
+
+
+def _as_prompts(specs) -> list[tuple[str, dict]]:
+    return [(spec.text, spec.to_metadata()) for spec in specs]
+
+
+def _colors(spec) -> frozenset[str]:
+    return frozenset(obj.color for obj in spec.objects)

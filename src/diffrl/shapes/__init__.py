@@ -7,7 +7,7 @@ from pathlib import Path
 
 from diffrl.shapes.world import (
     BACKGROUND, CATEGORIES, COLORS, RELATIONS, SHAPES, UNSEEN_COMBOS, PromptSpec, ShapeObject,
-    all_prompts, first_named_object, prompt_set, render,
+    all_prompts, first_named_object, named_objects, prompt_set, render,
 )
 
 _ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -19,5 +19,5 @@ BUILTIN_MODELS: dict[str, Path] = {"shapes": BUILTIN_MODEL_DIR, "shapes-spatial"
 
 __all__ = [
     "BACKGROUND", "BUILTIN_MODEL_DIR", "BUILTIN_MODELS", "CATEGORIES", "COLORS", "RELATIONS", "SHAPES", "UNSEEN_COMBOS",
-    "PromptSpec", "ShapeObject", "all_prompts", "first_named_object", "prompt_set", "render",
+    "PromptSpec", "ShapeObject", "all_prompts", "first_named_object", "named_objects", "prompt_set", "render",
 ]

@@ -135,11 +135,15 @@ def spatial(subject: ShapeObject, other: ShapeObject, relation: str) -> PromptSp
 _OBJECT_PHRASE = re.compile(rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)})s?\b")
 
 
+def named_objects(text: str) -> list[str]:
+    """Every object a prompt names, in order, as 'color shape' ('a purple triangle above a red circle': ['purple
+    triangle', 'red circle']; 'two purple triangles': ['purple triangle']). Results files keep only the prompt text."""
+    return [f"{match[1]} {match[2]}" for match in _OBJECT_PHRASE.finditer(text)]
+
+
 def first_named_object(text: str) -> str | None:
-    """The first object a prompt names, as 'color shape' ('a purple triangle above a red circle' and 'two purple
-    triangles': 'purple triangle'); None if it names none. Results files keep only the prompt text."""
-    match = _OBJECT_PHRASE.search(text)
-    return f"{match[1]} {match[2]}" if match else None
+    """The first of `named_objects(text)`; None if the prompt names none."""
+    return next(iter(named_objects(text)), None)
 
 
 def all_combos() -> list[ShapeObject]:
