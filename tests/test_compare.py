@@ -8,7 +8,7 @@ import yaml
 
 import diffrl.trainer
 from diffrl.cli import main
-from diffrl.report import parse_target, target_summary, time_to_target
+from diffrl.report import load_run, parse_target, target_summary, time_to_target, write_record
 
 TINY = ["--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2",
         "--set", "run.eval_images_per_prompt=1", "--set", "run.tensorboard=false", "--set", "run.progress=false",
@@ -117,7 +117,7 @@ def test_lr_sweep_picks_per_method_and_is_resumable(tiny_pipeline_dir, prompt_fi
     command = ["compare", "--algos", "loop,ppo", "--lr-sweep", "1e-4,1e-2,1e-1",
                *_common(tiny_pipeline_dir, prompt_file, out, 4)]
     assert main(command) == 0
-    assert len(spy) == 2 * 3 + 2 and not any(resume for _, resume in spy)
+    assert len(spy) == 2 * 3 and not any(resume for _, resume in spy)  # seed 0 at the chosen rate is a sweep run
     record = json.loads((out / "compare.json").read_text())
     assert record["lr_sweep"] == {"values": [1e-4, 1e-2, 1e-1], "metric": "eval/brightness"}
     report = json.loads((out / "report.json").read_text())["lr_sweep"]
@@ -128,13 +128,25 @@ def test_lr_sweep_picks_per_method_and_is_resumable(tiny_pipeline_dir, prompt_fi
         assert entry["sweep"]["0.01"]["run_dir"] == f"sweep/{label}/lr0.01"
         assert entry["learning_rate"] == float(max(finals, key=finals.get))
         assert report["methods"][label] == {"seed": 0, "chosen": entry["learning_rate"], "final": finals}
-        config = (out / "runs" / label / "seed0" / "config.yaml").read_text()
-        assert f"learning_rate: {entry['learning_rate']}" in config
+        seed0 = out / "runs" / label / "seed0"
+        assert seed0.resolve() == (out / "sweep" / label / f"lr{entry['learning_rate']!r}").resolve()
+        assert f"learning_rate: {entry['learning_rate']}" in (seed0 / "config.yaml").read_text()
+        assert entry["runs"]["0"]["final"] == entry["sweep"][repr(entry["learning_rate"])]["final"]
     assert "Learning-rate sweep (final eval/brightness" in (out / "report.md").read_text()
     assert "Learning-rate sweep" in (out / "report.html").read_text()
     # Same command again: sweep and comparison runs are all finished, nothing trains.
-    assert main(command) == 0 and len(spy) == 8
-    assert main(["compare", "--resume", str(out)]) == 0 and len(spy) == 8
+    assert main(command) == 0 and len(spy) == 6
+    assert main(["compare", "--resume", str(out)]) == 0 and len(spy) == 6
+    # A second seed trains only itself, at the chosen rate.
+    two_seeds = ["2" if flag == "--seeds" else arg for flag, arg in zip([None, *command], command)]
+    assert main(two_seeds) == 0
+    assert len(spy) == 8 and (out / "runs" / "ppo" / "seed1" / "config.yaml").is_file()
+    # Run directories replaced by their records (config and metrics only): still finished, nothing trains.
+    for run_dir in [*out.glob("sweep/*/*"), out / "runs" / "ppo" / "seed1"]:
+        write_record(load_run(run_dir), tmp_path / "record")
+        shutil.rmtree(run_dir)
+        shutil.move(tmp_path / "record", run_dir)
+    assert main(two_seeds) == 0 and len(spy) == 8
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -18,9 +18,34 @@ UNET_ONLY="--set model.train_text_encoder=false"
 # 5 epochs; first a learning-rate sweep per method on seed 0, then 3 seeds at the chosen rate. Resumable: the same
 # command (or `diffrl compare --resume runs/cmp2/fig2-cb`) skips finished runs and resumes unfinished ones.
 fig2_cb() { fig2 cb 0.50 0.55; }
+# A study longer than a sitting, on machines whose runs/ does not survive between sittings: `bash
+# docs/results/reproduce.sh save-progress NAME` keeps a record (config and metrics, tens of kB) of every finished run
+# of runs/cmp2/NAME under docs/results/progress/NAME (commit it), and each study below starts by putting those
+# records back where runs/ lacks the run: compare counts a finished run's record as that run and trains the rest.
+save_progress() {
+  python - "runs/cmp2/$1" "docs/results/progress/$1" <<'PY'
+import sys
+from pathlib import Path
+from diffrl.report import load_run, write_record
+study, kept = Path(sys.argv[1]), Path(sys.argv[2])
+for run_dir in sorted(study.glob("*/*/*")):  # sweep/METHOD/lrLR and runs/METHOD/seedS; links are sweep runs
+    if not run_dir.is_symlink() and (run_dir / "config.yaml").is_file() and load_run(run_dir)["finished"]:
+        write_record(load_run(run_dir), kept / run_dir.relative_to(study))
+        print(f"kept {run_dir} -> {kept / run_dir.relative_to(study)}")
+PY
+}
+restore_progress() {
+  local rec dest
+  for rec in docs/results/progress/$1/*/*/*; do
+    [[ -d $rec ]] || continue
+    dest=runs/cmp2/$1/${rec#docs/results/progress/$1/}
+    [[ -e $dest ]] || { mkdir -p "$(dirname "$dest")"; cp -r "$rec" "$dest"; }
+  done
+}
 # fig2 TASK T1 T2 [TASK ARGS...]: the Figure 2 sweep and comparison on TASK's prompts, time to held-out success T1 and T2
 fig2() {
   local task=$1 t1=$2 t2=$3; shift 3
+  restore_progress fig2-$task
   diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 "$@" \
     --set run.eval_every=5 --set run.threads=1 --set run.progress=false $UNET_ONLY \
     --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --out runs/cmp2/fig2-$task
@@ -34,6 +59,7 @@ fig3_cb() { fig3 cb 0.50 0.55 0.60; }
 # fig3 TASK T1 T2 T3 [TASK ARGS...]: the three LOOP runs on TASK's prompts; the report adds fig2 TASK's PPO runs
 fig3() {
   local task=$1 t1=$2 t2=$3 t3=$4 seeds=${SEEDS:-0,}; shift 4
+  restore_progress fig3-$task
   diffrl compare --algos loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128 \
     --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 "$@" --set run.eval_every=5 --set run.threads=1 \
     --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/fig3-$task
@@ -44,14 +70,17 @@ fig3() {
 # B2-DiffuRL on and off at 10,240 images (docs/results/README.md): PPO and LOOP with one trunk per prompt and 4
 # branches (64 x 4 = 256 images per epoch, as K = 4 without B2), 40 stages over the 40 epochs, learning rate 1e-3;
 # B2 off is fig2_cb's PPO and fig3_cb's LOOP K = 4. `bash docs/results/reproduce.sh b2-cb` (SEEDS=0,1,2 for more).
-b2_cb() {
-  local seeds=${SEEDS:-0,}
+b2_cb() { b2 cb 0.50 0.55; }
+# b2 TASK T1 T2 [TASK ARGS...]: B2 on with PPO and LOOP on TASK's prompts; B2 off is fig2 TASK's PPO and fig3 TASK's LOOP K = 4
+b2() {
+  local task=$1 t1=$2 t2=$3 seeds=${SEEDS:-0,}; shift 3
+  restore_progress b2-$task
   diffrl compare --algos ppo:k=1:b2.enabled=true:b2.branches=4:b2.stages=40,loop:k=1:b2.enabled=true:b2.branches=4:b2.stages=40 \
-    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 --set run.eval_every=5 --set run.threads=1 \
-    --set run.progress=false $UNET_ONLY --target eval/shapes_success=0.55 --out runs/cmp2/b2-cb
-  diffrl report runs/cmp2/fig2-cb/runs/ppo/seed* runs/cmp2/fig3-cb/runs/loop_k_4/seed* runs/cmp2/b2-cb/runs/*/seed* \
-    --target eval/shapes_success=0.50 --target eval/shapes_success=0.55 --out docs/results/b2-cb
-  rm -f docs/results/b2-cb/report.html
+    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 "$@" --set run.eval_every=5 --set run.threads=1 \
+    --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/b2-$task
+  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/fig3-$task/runs/loop_k_4/seed* runs/cmp2/b2-$task/runs/*/seed* \
+    --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --out docs/results/b2-$task
+  rm -f docs/results/b2-$task/report.html
 }
 # Figure 2 on spatial relations (docs/results/README.md): fig2_cb's study on the shipped spatial base
 # (builtin:shapes-spatial, held-out spatial success 0.579), trained on every phrasing of the 27 unseen training
@@ -62,10 +91,14 @@ fig2_sp() { fig2 sp 0.60 0.65 $SPATIAL; }
 # Figure 3 on spatial relations: fig3_cb's three LOOP runs on fig2_sp's task; PPO is fig2_sp's run.
 # `bash docs/results/reproduce.sh fig3-sp` (SEEDS=0,1,2 for more).
 fig3_sp() { fig3 sp 0.60 0.65 0.70 $SPATIAL; }
+# B2 on spatial relations: b2_cb's two runs on fig2_sp's task. `bash docs/results/reproduce.sh b2-sp` (SEEDS=0,1,2 for more).
+b2_sp() { b2 sp 0.60 0.65 $SPATIAL; }
+if [[ "${1:-}" == save-progress ]]; then save_progress "$2"; exit 0; fi
 if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
 if [[ "${1:-}" == fig3-sp ]]; then fig3_sp; exit 0; fi
 if [[ "${1:-}" == fig2-sp ]]; then fig2_sp; exit 0; fi
 if [[ "${1:-}" == b2-cb ]]; then b2_cb; exit 0; fi
+if [[ "${1:-}" == b2-sp ]]; then b2_sp; exit 0; fi
 if [[ "${1:-}" == fig3-cb ]]; then fig3_cb; exit 0; fi
 
 # Everything below: the 2026-11-23 figures, at commit 2cc3481.

@@ -13,22 +13,25 @@ only what is missing. The report is rebuilt over every method in the file.
 --lr-sweep first trains each method on its first seed at every learning rate (OUT/sweep/<label>/lr<LR>),
 picks per method the rate with the best final value of the selection metric (the first --target's
 metric, else the first held-out eval/* metric; fixed in compare.json by the first call), then runs the
-comparison with the chosen rate.
+comparison with the chosen rate. The first seed's run at that rate is the sweep's own run (same seed, same
+settings), so OUT/runs/<label>/seed<S> links to it instead of training it again.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffrl import checkpoint as ckpt
 from diffrl.config import images_per_epoch
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError, RunInterrupted
 from diffrl.prompts import split_prompts
-from diffrl.report import CONFIG_FILE, jsonable, last_epoch, load_run, write_report
+from diffrl.report import CONFIG_FILE, METRICS_FILE, jsonable, last_epoch, load_run, write_report
 
 SCHEMA = "diffrl.compare/1"
 # Settings that may differ between calls without making a run a different experiment.
@@ -118,7 +121,8 @@ def _comparable(config: dict) -> dict:
 
 
 def run_state(run_dir: Path, config) -> str:
-    """'new', 'finished' or 'partial'; DiffrlError when the directory holds a different experiment."""
+    """'new', 'finished' or 'partial'; DiffrlError when the directory holds a different experiment or a record of
+    an unfinished run (a record has no checkpoint to resume from)."""
     from diffrl.config import load_config, with_resolved_defaults
 
     if not (run_dir / CONFIG_FILE).is_file():
@@ -127,9 +131,14 @@ def run_state(run_dir: Path, config) -> str:
     existing = with_resolved_defaults(load_config(run_dir / CONFIG_FILE), like=config).to_dict()
     if _comparable(existing) != _comparable(with_resolved_defaults(config).to_dict()):
         raise DiffrlError(f"{run_dir} holds a run with a different configuration; use the same settings or another --out")
-    done = last_epoch(run_dir)
+    # A run's record (config and metrics only, `diffrl report`'s records/) counts as the run it records, so a
+    # study whose run directories are gone continues from the records it kept.
+    done = load_run(run_dir)["last_epoch"] if (run_dir / METRICS_FILE).is_file() else last_epoch(run_dir)
     if done == config.run.epochs:
         return "finished"
+    if done and not ckpt.list_checkpoints(run_dir):
+        raise DiffrlError(f"{run_dir} holds a record of an unfinished run (epoch {done} of {config.run.epochs}), "
+                          "which cannot be resumed; remove it to train the run again")
     return "partial" if done else "new"
 
 
@@ -165,6 +174,16 @@ def execute(config, state: str, what: str, out: Path, runs: dict, key: str) -> b
         "final": {k: v for k, v in metrics[-1].items() if k == "reward_mean" or k.startswith("eval/")},
     }
     return state != "finished"
+
+
+def link_sweep_run(run_dir: Path, sweep_dir: Path) -> None:
+    """Make `run_dir` a link to the sweep's run at the chosen rate, which is the same run (same seed and settings;
+    bit-identical where `run.deterministic` holds). A directory already there (trained before compare reused
+    sweep runs) is kept."""
+    if run_dir.exists() or run_dir.is_symlink():
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.symlink_to(os.path.relpath(sweep_dir, run_dir.parent), target_is_directory=True)
 
 
 def _seeds(entry: dict) -> list[int]:
@@ -253,6 +272,10 @@ def compare(methods: list[Method], seeds: list[int] | dict[str, list[int]], budg
             print(f"diffrl: compare: {m.label}: learning rate {entry['learning_rate']!r} (best final {sweep['metric']})")
         runs = [(m, s, plan_run(m, s, budget, Path(c.run.out), config_file, base,
                                 record["methods"][m.label]["learning_rate"])) for m, s, c in runs]
+        for m, s, c in runs:
+            if s == order[m.label][0]:
+                lr = record["methods"][m.label]["learning_rate"]
+                link_sweep_run(Path(c.run.out), out / "sweep" / m.dirname / f"lr{lr!r}")
         states = [run_state(Path(c.run.out), c) for _, _, c in runs]
         save()
     for (m, seed, config), state in zip(runs, states):
