@@ -29,8 +29,9 @@ from pathlib import Path
 from diffrl.report import load_run, write_record
 study, kept = Path(sys.argv[1]), Path(sys.argv[2])
 for run_dir in sorted(study.glob("*/*/*")):  # sweep/METHOD/lrLR and runs/METHOD/seedS; links are sweep runs
-    if not run_dir.is_symlink() and (run_dir / "config.yaml").is_file() and load_run(run_dir)["finished"]:
-        write_record(load_run(run_dir), kept / run_dir.relative_to(study))
+    run = None if run_dir.is_symlink() or not (run_dir / "config.yaml").is_file() else load_run(run_dir)
+    if run and run["finished"]:
+        write_record(run, kept / run_dir.relative_to(study))
         print(f"kept {run_dir} -> {kept / run_dir.relative_to(study)}")
 PY
 }

@@ -176,14 +176,19 @@ def execute(config, state: str, what: str, out: Path, runs: dict, key: str) -> b
     return state != "finished"
 
 
-def link_sweep_run(run_dir: Path, sweep_dir: Path) -> None:
+def sweep_dir(out: Path, method: Method, lr: float) -> Path:
+    """The run directory of `method`'s sweep run at learning rate `lr`."""
+    return out / "sweep" / method.dirname / f"lr{lr!r}"
+
+
+def link_sweep_run(run_dir: Path, sweep_run: Path) -> None:
     """Make `run_dir` a link to the sweep's run at the chosen rate, which is the same run (same seed and settings;
     bit-identical where `run.deterministic` holds). A directory already there (trained before compare reused
     sweep runs) is kept."""
     if run_dir.exists() or run_dir.is_symlink():
         return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    run_dir.symlink_to(os.path.relpath(sweep_dir, run_dir.parent), target_is_directory=True)
+    run_dir.symlink_to(os.path.relpath(sweep_run, run_dir.parent), target_is_directory=True)
 
 
 def _seeds(entry: dict) -> list[int]:
@@ -233,8 +238,8 @@ def compare(methods: list[Method], seeds: list[int] | dict[str, list[int]], budg
              for m in methods}  # a method's seeds in first-requested order; the sweep runs on the first
     runs = [(m, s, plan_run(m, s, budget, out / "runs" / m.dirname / f"seed{s}", config_file, base))
             for m in methods for s in seeds[m.label]]
-    sweeps = [(m, lr, plan_run(m, order[m.label][0], budget, out / "sweep" / m.dirname / f"lr{lr!r}", config_file,
-                               base, lr)) for m in methods for lr in (sweep or {}).get("values") or []]
+    sweeps = [(m, lr, plan_run(m, order[m.label][0], budget, sweep_dir(out, m, lr), config_file, base, lr))
+              for m in methods for lr in (sweep or {}).get("values") or []]
     if sweeps and not sweep["metric"] and any(split_prompts(c.run.prompts, c.run.eval_prompts).held_out is None
                                               for _, _, c in sweeps):
         raise DiffrlError("--lr-sweep picks by a held-out metric, and these runs have no held-out prompts: set "
@@ -275,7 +280,7 @@ def compare(methods: list[Method], seeds: list[int] | dict[str, list[int]], budg
         for m, s, c in runs:
             if s == order[m.label][0]:
                 lr = record["methods"][m.label]["learning_rate"]
-                link_sweep_run(Path(c.run.out), out / "sweep" / m.dirname / f"lr{lr!r}")
+                link_sweep_run(Path(c.run.out), sweep_dir(out, m, lr))
         states = [run_state(Path(c.run.out), c) for _, _, c in runs]
         save()
     for (m, seed, config), state in zip(runs, states):
