@@ -108,6 +108,7 @@ def test_time_to_target_by_hand():
     assert (t["reached"], t["n"]) == (2, 3) and t["images"]["values"] == [16, 32] and t["images"]["mean"] == 24
     # 80% PI of [16, 32]: 24 +- t_{0.9,1} 3.077684 x s 11.313708 x sqrt(3/2) = 24 +- 42.645
     assert t["images"]["pi_high"] == pytest.approx(24 + 3.077684 * 11.313708 * math.sqrt(1.5), abs=1e-3)
+    assert t["images"]["pi_low"] == 0  # not 24 - 42.6: no run reaches a target before its first image
     assert t["per_seed"][1] == {"seed": 1, "images": None, "seconds": None}
     assert parse_target(" eval/shapes_success = 0.85") == ("eval/shapes_success", 0.85)
 

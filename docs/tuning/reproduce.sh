@@ -143,6 +143,8 @@ declare -A RUNS=(
   [spk8cover]="$K8 --model builtin:shapes-spatial --prompts tuning_prompts:spatial_unseen_color_complete --epochs 60"
   # section 23: the same with a KL penalty toward the base (beta 0.1; every drawn pair trained, one more UNet forward each)
   [spk8kl01]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.1 --epochs 60"
+  [spk8kl003]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 60"
+  [spk8kl001]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.01 --epochs 60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"

@@ -78,13 +78,15 @@ def mean_ci(values, level: float = 0.95) -> dict:
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "half_width": half, "n": n}
 
 
-def prediction_interval(values, level: float = 0.8) -> dict:
-    """Mean over replicates and the interval for one new replicate: m +- t_{(1+level)/2, n-1} * s * sqrt(1 + 1/n)."""
+def prediction_interval(values, level: float = 0.8, floor: float = -math.inf) -> dict:
+    """Mean over replicates and the interval for one new replicate: m +- t_{(1+level)/2, n-1} * s * sqrt(1 + 1/n),
+    its lower end raised to `floor` for a quantity that cannot go below it (a count of images or seconds)."""
     x = _clean(values)
     n = len(x)
     mean = float(x.mean()) if n else float("nan")
     half = t_quantile((1 + level) / 2, n - 1) * float(x.std(ddof=1)) * math.sqrt(1 + 1 / n) if n > 1 else float("nan")
-    return {"mean": mean, "pi_low": mean - half, "pi_high": mean + half, "n": n, "values": [float(v) for v in x]}
+    return {"mean": mean, "pi_low": max(mean - half, floor), "pi_high": mean + half, "n": n,
+            "values": [float(v) for v in x]}
 
 
 def jsonable(obj):
@@ -210,7 +212,8 @@ def target_summary(runs: list[dict], metric: str, value: float) -> dict:
     hits = [time_to_target(r["metrics"], metric, value) for r in runs]
     reached = [h for h in hits if h is not None]
     return {"metric": metric, "value": value, "reached": len(reached), "n": len(runs),
-            "images": prediction_interval([h[0] for h in reached]), "seconds": prediction_interval([h[1] for h in reached]),
+            "images": prediction_interval([h[0] for h in reached], floor=0),
+            "seconds": prediction_interval([h[1] for h in reached], floor=0),
             "per_seed": [{"seed": r["config"]["run"]["seed"], **dict(zip(("images", "seconds"), h or (None, None)))}
                          for r, h in zip(runs, hits)]}
 
