@@ -2,6 +2,8 @@
 import json
 import math
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -190,3 +192,16 @@ def test_ctrl_c_during_a_run_names_the_resume_command(tiny_pipeline_dir, prompt_
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"continue the comparison with: diffrl compare --resume {out}") and len(err.splitlines()) == 1
     assert json.loads((out / "compare.json").read_text())["methods"]["loop"]["seeds"] == [0]  # the spec is saved
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_saved_progress_records_are_not_git_ignored():
+    # reproduce.sh save-progress writes records under docs/results/progress/NAME/{sweep,runs}/...; an ignore
+    # pattern for the users' runs/ folder must not hide the records' runs/ (it once did: seeds 1-2 were lost)
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    record = "docs/results/progress/study/runs/loop/seed1/metrics.jsonl"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", record], cwd=root).returncode == 0
+    assert not ignored
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", "runs/study/x"], cwd=root).returncode == 0
