@@ -1,7 +1,9 @@
 """`diffrl evaluate | compare | report` through the real CLI on the tiny pipeline, plus the interval math by hand."""
 import json
 import math
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,6 +233,28 @@ def test_report_names_what_differs_beyond_the_seed(compared, tmp_path, capsys):
     assert main(["report", *map(str, copies), "--out", str(tmp_path / "rep")]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "more than their seed" in line]
     assert len(notes) == 1 and notes[0].endswith("differ in more than their seed: train.chunk_size")
+
+
+def test_report_splits_groups_by_a_config_key(compared, tmp_path, capsys):
+    out, _, _ = compared  # a learning-rate sweep's runs share algorithm, K and seed: --split-by keeps them apart
+    copies = [tmp_path / "sweep" / "ppo" / f"lr{lr}" for lr in ("0.001", "0.003")]
+    for lr, copy in zip(("0.001", "0.003"), copies):
+        shutil.copytree(out / "runs" / "ppo" / "seed0", copy)
+        config = copy / "config.yaml"
+        text = config.read_text()
+        assert "  learning_rate: " in text
+        config.write_text(re.sub(r"  learning_rate: .*", f"  learning_rate: {lr}", text))
+    rep = tmp_path / "rep"
+    assert main(["report", *map(str, copies), "--out", str(rep)]) == 0
+    assert set(json.loads((rep / "report.json").read_text())["groups"]) == {"ppo K=2"}  # one group of two "seeds"
+    assert main(["report", *map(str, copies), "--split-by", "train.learning_rate", "--out", str(rep)]) == 0
+    groups = json.loads((rep / "report.json").read_text())["groups"]
+    assert set(groups) == {"ppo K=2 train.learning_rate=0.001", "ppo K=2 train.learning_rate=0.003"}
+    assert sorted(p.relative_to(rep / "records") for p in rep.glob("records/*/*")) == [
+        Path("ppo/lr0.001"), Path("ppo/lr0.003")]
+    capsys.readouterr()
+    assert main(["report", *map(str, copies), "--split-by", "train.nope", "--out", str(rep)]) == 2
+    assert "--split-by train.nope" in capsys.readouterr().err
 
 
 def test_lora_changes_images_and_run_defaults(compared, tiny_pipeline_dir, tmp_path):

@@ -94,7 +94,22 @@ fig2_sp() { fig2 sp 0.60 0.65 $SPATIAL; }
 fig3_sp() { fig3 sp 0.60 0.65 0.70 $SPATIAL; }
 # B2 on spatial relations: b2_cb's two runs on fig2_sp's task. `bash docs/results/reproduce.sh b2-sp` (SEEDS=0,1,2 for more).
 b2_sp() { b2 sp 0.60 0.65 $SPATIAL; }
+# Issue 13's fairness rule for LOOP: Figures 3 and B2 ran LOOP at 1e-3, its default, while Figure 2 swept each of
+# its methods. LOOP K = 4's own 3-point sweep on seed 0, on TASK's prompts, and the report of its three runs.
+# `bash docs/results/reproduce.sh loop-sweep-cb` / `loop-sweep-sp` (three runs, about 7-8 min each at one thread).
+loop_sweep() {
+  local task=$1 t1=$2 t2=$3; shift 3
+  restore_progress loop-sweep-$task
+  diffrl compare --algos loop:k=4 --seeds 0, --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 "$@" --set run.eval_every=5 \
+    --set run.threads=1 --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t1 \
+    --target eval/shapes_success=$t2 --out runs/cmp2/loop-sweep-$task
+  diffrl report runs/cmp2/loop-sweep-$task/sweep/*/lr* --split-by train.learning_rate --target eval/shapes_success=$t1 \
+    --target eval/shapes_success=$t2 --out docs/results/loop-sweep-$task
+  rm -f docs/results/loop-sweep-$task/report.html
+}
 if [[ "${1:-}" == save-progress ]]; then save_progress "$2"; exit 0; fi
+if [[ "${1:-}" == loop-sweep-cb ]]; then loop_sweep cb 0.50 0.55; exit 0; fi
+if [[ "${1:-}" == loop-sweep-sp ]]; then loop_sweep sp 0.60 0.65 $SPATIAL; exit 0; fi
 if [[ "${1:-}" == fig2-cb ]]; then fig2_cb; exit 0; fi
 if [[ "${1:-}" == fig3-sp ]]; then fig3_sp; exit 0; fi
 if [[ "${1:-}" == fig2-sp ]]; then fig2_sp; exit 0; fi

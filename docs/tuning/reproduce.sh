@@ -145,6 +145,7 @@ declare -A RUNS=(
   [spk8kl01]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.1 --epochs 60"
   [spk8kl003]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 60"
   [spk8kl001]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.01 --epochs 60"
+  [spk8kl003lr3]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --set train.learning_rate=3e-3 --epochs 60"  # section 25
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"

@@ -16,6 +16,9 @@ def add_parser(subparsers) -> None:
                                           "directories are gone.")
     p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     p.add_argument("--out", type=Path, default=Path("report"), help="output directory (default: ./report)")
+    p.add_argument("--split-by", dest="split_by", action="append", default=[], metavar="SECTION.KEY",
+                   help="also group by this config key, e.g. train.learning_rate for a learning-rate sweep's runs "
+                        "(repeatable; default: algorithm and K only)")
     add_target_flag(p)
     p.set_defaults(func=run)
 
@@ -39,7 +42,9 @@ def run(args) -> int:
         if loaded["stopped_early"]:
             print(f"diffrl: report: note: {run_dir} stopped early at epoch {loaded['last_epoch']} "
                   f"({loaded['stopped_early']})")
-        groups.setdefault(default_label(loaded["config"]), []).append(loaded)
+        label = " ".join([default_label(loaded["config"])] +
+                         [f"{key}={config_value(loaded['config'], key, run_dir)}" for key in args.split_by])
+        groups.setdefault(label, []).append(loaded)
     if not groups:
         raise DiffrlError("no finished run among the given directories")
     for label, runs in groups.items():
@@ -57,3 +62,11 @@ def run(args) -> int:
     print(f"diffrl: report: {sum(map(len, groups.values()))} run(s) in {len(groups)} group(s); "
           f"wrote {args.out / 'report.html'}")
     return 0
+
+
+def config_value(config: dict, key: str, run_dir: Path):
+    """config['train']['learning_rate'] for 'train.learning_rate'; a one-line error when the run has no such key."""
+    section, _, name = key.partition(".")
+    if name not in config.get(section, {}):
+        raise DiffrlError(f"--split-by {key}: {run_dir}'s config has no such key (SECTION.KEY, e.g. train.learning_rate)")
+    return config[section][name]
