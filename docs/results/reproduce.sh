@@ -9,6 +9,7 @@
 # schedule, 256 images per epoch) and the built-in model have changed since (docs/tuning.md), so the exact
 # numbers come from running this script in a checkout of 2cc3481: `git worktree add ../diffrl-2cc3481 2cc3481`.
 set -euo pipefail
+shopt -s nullglob  # a study whose companion runs are gone (fig3's PPO from fig2) reports the runs it has
 # The issue-13 studies below train the UNet's adapters only, the default on builtin:shapes until 2026-12-02 (since
 # then the text encoder's too, docs/tuning.md section 18): their runs state it, so that every seed trains the same.
 UNET_ONLY="--set model.train_text_encoder=false"
@@ -56,17 +57,19 @@ fig2() {
 }
 # Figure 3 at 10,240 images (docs/results/README.md): LOOP K = 4, 3, 2 at about 256 images and 16 updates per epoch
 # (64 x 4, 85 x 3, 128 x 2), learning rate 1e-3; PPO is fig2_cb's run. `bash docs/results/reproduce.sh fig3-cb`.
+# LOOP_LR=3e-3 runs them at another rate (LOOP's own sweep, loop_sweep below, picked 3e-3 on spatial relations) into
+# runs/cmp2/fig3-TASK-lr3e-3 and docs/results/figure3-TASK-lr3e-3; FIG3_ALGOS=loop:k=4 runs only K = 4.
 fig3_cb() { fig3 cb 0.50 0.55 0.60; }
 # fig3 TASK T1 T2 T3 [TASK ARGS...]: the three LOOP runs on TASK's prompts; the report adds fig2 TASK's PPO runs
 fig3() {
-  local task=$1 t1=$2 t2=$3 t3=$4 seeds=${SEEDS:-0,}; shift 4
-  restore_progress fig3-$task
-  diffrl compare --algos loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128 \
-    --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 "$@" --set run.eval_every=5 --set run.threads=1 \
-    --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/fig3-$task
-  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/fig3-$task/runs/*/seed* --target eval/shapes_success=$t1 \
-    --target eval/shapes_success=$t2 --target eval/shapes_success=$t3 --out docs/results/figure3-$task
-  rm -f docs/results/figure3-$task/report.html
+  local task=$1 t1=$2 t2=$3 t3=$4 seeds=${SEEDS:-0,} name=fig3-$1${LOOP_LR:+-lr$LOOP_LR}; shift 4
+  restore_progress $name
+  diffrl compare --algos "${FIG3_ALGOS:-loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128}" \
+    --seeds "$seeds" --budget 10240 --set train.learning_rate=${LOOP_LR:-1e-3} "$@" --set run.eval_every=5 \
+    --set run.threads=1 --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/$name
+  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/$name/runs/*/seed* --target eval/shapes_success=$t1 \
+    --target eval/shapes_success=$t2 --target eval/shapes_success=$t3 --out docs/results/${name/fig3/figure3}
+  rm -f docs/results/${name/fig3/figure3}/report.html
 }
 # B2-DiffuRL on and off at 10,240 images (docs/results/README.md): PPO and LOOP with one trunk per prompt and 4
 # branches (64 x 4 = 256 images per epoch, as K = 4 without B2), 40 stages over the 40 epochs, learning rate 1e-3;
