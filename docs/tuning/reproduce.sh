@@ -164,6 +164,9 @@ declare -A RUNS=(
   [demo_cos40]="--epochs 40 --set model.train_text_encoder=true --set run.eval_every=10 --set train.lr_schedule=cosine"
   [demo_te20_hue]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --reward shapes_hue"
   [demo_te20_mix]="--epochs 20 --set model.train_text_encoder=true --set run.eval_every=10 --reward shapes,shapes_success"
+  # section 26: the demo at one thread (its reference here), and the same with section 24's KL penalty toward the base
+  [demo_1t]="--epochs 20 --set run.eval_every=10"
+  [demo_kl003]="--epochs 20 --set run.eval_every=10 --set train.kl_coef=0.03"
 )
 # Seed replicates: NAME_sN is NAME's row with --seed N.
 declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [h_fresh64]="1 2 3 4"
