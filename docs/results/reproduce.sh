@@ -57,7 +57,7 @@ fig2() {
 }
 # Figure 3 at 10,240 images (docs/results/README.md): LOOP K = 4, 3, 2 at about 256 images and 16 updates per epoch
 # (64 x 4, 85 x 3, 128 x 2), learning rate 1e-3; PPO is fig2_cb's run. `bash docs/results/reproduce.sh fig3-cb`.
-# LOOP_LR=3e-3 runs them at another rate (LOOP's own sweep, loop_sweep below, picked 3e-3 on spatial relations) into
+# LOOP_LR=3e-3 runs them at another rate (LOOP's own sweep, loop_sweep below, picked 3e-3 on both tasks) into
 # runs/cmp2/fig3-TASK-lr3e-3 and docs/results/figure3-TASK-lr3e-3; FIG3_ALGOS=loop:k=4 runs only K = 4.
 fig3_cb() { fig3 cb 0.50 0.55 0.60; }
 # fig3 TASK T1 T2 T3 [TASK ARGS...]: the three LOOP runs on TASK's prompts; the report adds fig2 TASK's PPO runs
@@ -99,7 +99,7 @@ fig3_sp() { fig3 sp 0.60 0.65 0.70 $SPATIAL; }
 b2_sp() { b2 sp 0.60 0.65 $SPATIAL; }
 # Issue 13's fairness rule for LOOP: Figures 3 and B2 ran LOOP at 1e-3, its default, while Figure 2 swept each of
 # its methods. LOOP K = 4's own 3-point sweep on seed 0, on TASK's prompts, and the report of its three runs.
-# `bash docs/results/reproduce.sh loop-sweep-cb` / `loop-sweep-sp` (three runs, about 7-8 min each at one thread).
+# `bash docs/results/reproduce.sh loop-sweep-cb` / `loop-sweep-sp` (three runs, 10-12 min each at one thread beside another run).
 loop_sweep() {
   local task=$1 t1=$2 t2=$3; shift 3
   restore_progress loop-sweep-$task
