@@ -44,6 +44,13 @@ restore_progress() {
     [[ -e $dest ]] || { mkdir -p "$(dirname "$dest")"; cp -r "$rec" "$dest"; }
   done
 }
+# results_report NAME ARGS...: `diffrl report ARGS` into docs/results/NAME, without its report.html (its image links
+# point into runs/, which is not committed)
+results_report() {
+  local out=docs/results/$1; shift
+  diffrl report "$@" --out "$out"
+  rm -f "$out/report.html"
+}
 # fig2 TASK T1 T2 [TASK ARGS...]: the Figure 2 sweep and comparison on TASK's prompts, time to held-out success T1 and T2
 fig2() {
   local task=$1 t1=$2 t2=$3; shift 3
@@ -51,9 +58,8 @@ fig2() {
   diffrl compare --algos reinforce,reinforce-loo,ppo --seeds 0,1,2 --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 "$@" \
     --set run.eval_every=5 --set run.threads=1 --set run.progress=false $UNET_ONLY \
     --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --out runs/cmp2/fig2-$task
-  diffrl report runs/cmp2/fig2-$task/runs/*/seed* --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 \
-    --out docs/results/figure2-$task
-  rm -f docs/results/figure2-$task/report.html
+  results_report figure2-$task runs/cmp2/fig2-$task/runs/*/seed* --target eval/shapes_success=$t1 \
+    --target eval/shapes_success=$t2
 }
 # Figure 3 at 10,240 images (docs/results/README.md): LOOP K = 4, 3, 2 at about 256 images and 16 updates per epoch
 # (64 x 4, 85 x 3, 128 x 2), learning rate 1e-3; PPO is fig2_cb's run. `bash docs/results/reproduce.sh fig3-cb`.
@@ -67,9 +73,8 @@ fig3() {
   diffrl compare --algos "${FIG3_ALGOS:-loop:k=4,loop:k=3:sample.prompts_per_batch=85,loop:k=2:sample.prompts_per_batch=128}" \
     --seeds "$seeds" --budget 10240 --set train.learning_rate=${LOOP_LR:-1e-3} "$@" --set run.eval_every=5 \
     --set run.threads=1 --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/$name
-  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/$name/runs/*/seed* --target eval/shapes_success=$t1 \
-    --target eval/shapes_success=$t2 --target eval/shapes_success=$t3 --out docs/results/${name/fig3/figure3}
-  rm -f docs/results/${name/fig3/figure3}/report.html
+  results_report ${name/fig3/figure3} runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/$name/runs/*/seed* \
+    --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --target eval/shapes_success=$t3
 }
 # B2-DiffuRL on and off at 10,240 images (docs/results/README.md): PPO and LOOP with one trunk per prompt and 4
 # branches (64 x 4 = 256 images per epoch, as K = 4 without B2), 40 stages over the 40 epochs, learning rate 1e-3;
@@ -82,9 +87,8 @@ b2() {
   diffrl compare --algos ppo:k=1:b2.enabled=true:b2.branches=4:b2.stages=40,loop:k=1:b2.enabled=true:b2.branches=4:b2.stages=40 \
     --seeds "$seeds" --budget 10240 --set train.learning_rate=1e-3 "$@" --set run.eval_every=5 --set run.threads=1 \
     --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t2 --out runs/cmp2/b2-$task
-  diffrl report runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/fig3-$task/runs/loop_k_4/seed* runs/cmp2/b2-$task/runs/*/seed* \
-    --target eval/shapes_success=$t1 --target eval/shapes_success=$t2 --out docs/results/b2-$task
-  rm -f docs/results/b2-$task/report.html
+  results_report b2-$task runs/cmp2/fig2-$task/runs/ppo/seed* runs/cmp2/fig3-$task/runs/loop_k_4/seed* \
+    runs/cmp2/b2-$task/runs/*/seed* --target eval/shapes_success=$t1 --target eval/shapes_success=$t2
 }
 # Figure 2 on spatial relations (docs/results/README.md): fig2_cb's study on the shipped spatial base
 # (builtin:shapes-spatial, held-out spatial success 0.579), trained on every phrasing of the 27 unseen training
@@ -106,9 +110,8 @@ loop_sweep() {
   diffrl compare --algos loop:k=4 --seeds 0, --budget 10240 --lr-sweep 3e-4,1e-3,3e-3 "$@" --set run.eval_every=5 \
     --set run.threads=1 --set run.progress=false $UNET_ONLY --target eval/shapes_success=$t1 \
     --target eval/shapes_success=$t2 --out runs/cmp2/loop-sweep-$task
-  diffrl report runs/cmp2/loop-sweep-$task/sweep/*/lr* --split-by train.learning_rate --target eval/shapes_success=$t1 \
-    --target eval/shapes_success=$t2 --out docs/results/loop-sweep-$task
-  rm -f docs/results/loop-sweep-$task/report.html
+  results_report loop-sweep-$task runs/cmp2/loop-sweep-$task/sweep/*/lr* --split-by train.learning_rate \
+    --target eval/shapes_success=$t1 --target eval/shapes_success=$t2
 }
 if [[ "${1:-}" == save-progress ]]; then save_progress "$2"; exit 0; fi
 if [[ "${1:-}" == loop-sweep-cb ]]; then loop_sweep cb 0.50 0.55; exit 0; fi
