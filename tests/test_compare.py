@@ -97,6 +97,28 @@ def test_interrupted_compare_resumes_and_skips_finished_runs(tiny_pipeline_dir, 
     assert "seconds to eval/brightness &gt;= 99" in (out / "report.html").read_text()
 
 
+def test_two_compares_on_one_out_keep_each_others_runs(tiny_pipeline_dir, prompt_file, tmp_path, monkeypatch):
+    """One call per seed into one OUT (one per core): a call that read compare.json before the other recorded its
+    run must not drop that run when it writes the file after its own."""
+    out = tmp_path / "cmp"
+    command = ["compare", "--algos", "loop", *_common(tiny_pipeline_dir, prompt_file, out, 4)]
+    first, second = [*command, "--seeds", "0,"], [*command, "--seeds", "1,"]  # seed 0 only, seed 1 only
+    real, nested = diffrl.trainer.train, []
+
+    def interleaved(config, resume=False):
+        real(config, resume=resume)
+        if config.run.seed == 0 and not nested:  # the second call starts and ends while the first trains seed 0
+            nested.append(1)
+            assert main(second) == 0
+
+    monkeypatch.setattr(diffrl.trainer, "train", interleaved)
+    assert main(first) == 0
+    record = json.loads((out / "compare.json").read_text())
+    assert record["methods"]["loop"]["seeds"] == [0, 1]
+    assert set(record["methods"]["loop"]["runs"]) == {"0", "1"}
+    assert json.loads((out / "report.json").read_text())["groups"]["loop"]["seeds"] == [0, 1]
+
+
 def test_time_to_target_by_hand():
     metrics = [{"epoch": 0, "eval/x": 0.2}, {"epoch": 1, "images_seen": 8, "sample_s": 1.0, "train_s": 0.5},
                {"epoch": 2, "images_seen": 16, "sample_s": 1.0, "train_s": 0.5, "eval/x": 0.9}]

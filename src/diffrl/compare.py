@@ -8,7 +8,9 @@ OUT/compare.json holds the whole spec (written before anything trains) and every
 comparison larger than one sitting continues with the same command or `--resume OUT`: finished runs
 (newest checkpoint epoch == planned epochs) are skipped, interrupted ones resume from their newest
 checkpoint (`trainer.train(config, resume=True)`), and a later call with more methods or seeds trains
-only what is missing. The report is rebuilt over every method in the file.
+only what is missing. The report is rebuilt over every method in the file. Several calls may share one
+OUT at once (say one per core, each with its own --seeds): every write of compare.json takes a file
+lock, folds in what the others recorded meanwhile and replaces the file atomically.
 
 --lr-sweep first trains each method on its first seed at every learning rate (OUT/sweep/<label>/lr<LR>),
 picks per method the rate with the best final value of the selection metric (the first --target's
@@ -18,6 +20,7 @@ settings), so OUT/runs/<label>/seed<S> links to it instead of training it again.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffrl import checkpoint as ckpt
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, concurrent calls on one OUT are then unsafe
+    fcntl = None
 from diffrl.config import images_per_epoch
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError, RunInterrupted
@@ -196,6 +203,31 @@ def _seeds(entry: dict) -> list[int]:
     return entry.get("seeds") or sorted(int(s) for s in entry.get("runs", {}))
 
 
+def merge_saved(record: dict, saved: dict) -> None:
+    """Fold into `record` what another `compare` call on the same OUT wrote to compare.json since this one read it:
+    the methods, seeds, runs and sweep runs `record` lacks. What `record` holds wins."""
+    if record.get("lr_sweep") and saved.get("lr_sweep") and not record["lr_sweep"].get("metric"):
+        record["lr_sweep"]["metric"] = saved["lr_sweep"].get("metric")
+    for label, theirs in saved.get("methods", {}).items():
+        ours = record["methods"].setdefault(label, theirs)
+        if ours is theirs:
+            continue
+        ours["seeds"] = list(dict.fromkeys(_seeds(ours) + _seeds(theirs)))
+        for part in ("runs", "sweep"):
+            for key, run in (theirs.get(part) or {}).items():
+                ours.setdefault(part, {}).setdefault(key, run)
+        if "learning_rate" in theirs:
+            ours.setdefault("learning_rate", theirs["learning_rate"])
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    with open(lock_path, "a") as handle:
+        if fcntl:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def choose_lr(label: str, sweep: dict, metric: str) -> float:
     """The learning rate whose sweep run ended with the highest finite `metric` (the first listed on ties)."""
     scores = {lr: r["final"].get(metric) for lr, r in sweep.items()}
@@ -256,8 +288,13 @@ def compare(methods: list[Method], seeds: list[int] | dict[str, list[int]], budg
         entry.update(seeds=order[m.label], images_per_epoch=images_per_epoch(config), epochs=config.run.epochs)
     out.mkdir(parents=True, exist_ok=True)
 
-    def save():
-        path.write_text(json.dumps(jsonable(record), indent=1))
+    def save():  # under the lock: another call on this OUT may have recorded runs since we read the file
+        with _locked(out / ".compare.lock"):
+            if path.is_file():
+                merge_saved(record, json.loads(path.read_text()))
+            temporary = path.with_name(f".compare.json.{os.getpid()}")
+            temporary.write_text(json.dumps(jsonable(record), indent=1))
+            os.replace(temporary, path)
 
     save()  # the spec first: an interrupted compare continues with --resume OUT
 
