@@ -123,7 +123,7 @@ def summarize_seeds(readouts: dict[int, dict], bar: float = 1 / 3) -> dict:
     ratios = {s: r["ratio"] for s, r in readouts.items() if r["ratio"] is not None}
     flat = [s for s, r in readouts.items() if r["status"].startswith("TRL did not improve")]
     missed = [s for s, r in readouts.items() if r["status"].startswith("diffrl did not reach")]
-    interval = prediction_interval(list(ratios.values()))
+    interval = prediction_interval(list(ratios.values()), floor=0.0)  # a ratio of seconds is never below 0
     if flat:
         verdict = f"undefined: TRL did not improve at seed(s) {', '.join(map(str, flat))}; no time-to-target claim"
     elif missed:
@@ -138,7 +138,7 @@ def summarize_seeds(readouts: dict[int, dict], bar: float = 1 / 3) -> dict:
         verdict = f"not met: mean ratio above {bar:.3g}"
     second = {s: r["best_gain"]["ratio"] for s, r in readouts.items() if r["best_gain"]["ratio"] is not None}
     return {"ratio": interval, "defined": len(ratios), "seeds": len(readouts), "verdict": verdict, "bar": bar,
-            "best_gain_ratio": prediction_interval(list(second.values())) | {"defined": len(second)}}
+            "best_gain_ratio": prediction_interval(list(second.values()), floor=0.0) | {"defined": len(second)}}
 
 
 def parse_assignments(items: list[str], flag: str) -> dict:

@@ -62,6 +62,9 @@ def test_time_to_target_readout_arithmetic_and_the_degenerate_case():
     assert summary["ratio"]["mean"] == pytest.approx(0.0366667, abs=1e-6)
     assert summary["ratio"]["pi_high"] == pytest.approx(0.0366667 + 3.0777 * 0.0047140 * 1.2247449, abs=1e-4)
     assert summary["verdict"].startswith("met")
+    short = ttt.seed_readout(points((0, 0.40), (50, 0.50)), diffrl, budget_s=1200)  # ratio 40 / 50
+    wide = ttt.summarize_seeds({0: up, 1: short})["ratio"]  # mean 0.42, half-width 2.0: a ratio is never below 0
+    assert wide["pi_low"] == 0.0 and wide["pi_high"] == pytest.approx(0.4166667 + 2.04, abs=0.01)
     # a seed where TRL did not improve is never read as a success, however fast the other seed was
     assert ttt.summarize_seeds({0: up, 1: flat})["verdict"].startswith("undefined")
     assert ttt.summarize_seeds({0: up, 1: capped})["verdict"].startswith("not met")
