@@ -29,11 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffrl import checkpoint as ckpt
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock, concurrent calls on one OUT are then unsafe
+except ImportError:  # not POSIX: no lock, so concurrent calls on one OUT are unsafe there
     fcntl = None
+
+from diffrl import checkpoint as ckpt
 from diffrl.config import images_per_epoch
 from diffrl.core.estimators import ESTIMATORS
 from diffrl.errors import DiffrlError, RunInterrupted
