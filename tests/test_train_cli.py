@@ -65,6 +65,7 @@ def test_lora_changed_and_loads_into_plain_diffusers(run_dir, tiny_pipeline_dir)
     (["--algo", "reinforce", "--set", "train.inner_epochs=2"], "on-policy"),
     (["--set", "sample.num_steps=2"], "sigma_t >= train.min_noise_std=0.05"),  # both steps near-deterministic
     (["--set", "train.min_noise_std=-1"], "train.min_noise_std must be >= 0"),
+    (["--set", "model.lora_target_modules=to_q,conv9"], "conv9 names no module"),  # peft would skip it silently
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, tiny_pipeline_dir, prompt_file, tmp_path, capsys):
     base = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), "--out", str(tmp_path / "r"),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 
 from diffrl.config import BUILTIN_PREFIX
 from diffrl.errors import DiffrlError
@@ -128,10 +127,16 @@ def frozen_modules(pipe) -> list[torch.nn.Module]:
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: list[str]) -> None:
-    """Attach trainable LoRA adapters (peft) to the UNet's attention projections. peft's gaussian init zeroes the B
-    matrices: training starts at the base model."""
+    """Attach trainable LoRA adapters (peft) to the modules named by `target_modules` (names or dotted-name
+    suffixes, as peft matches them). peft's gaussian init zeroes the B matrices: training starts at the base model.
+    A target that names no module is an error (peft would skip it silently when another one matches)."""
     from peft import LoraConfig
 
+    names = [name for name, _ in unet.named_modules()]
+    unmatched = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        raise DiffrlError(f"model.lora_target_modules: {', '.join(unmatched)} names no module of the "
+                          f"{type(unet).__name__} (targets are module names or suffixes, e.g. to_q, conv1, ff.net.2)")
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=target_modules))
 
 
@@ -168,32 +173,26 @@ def add_text_encoder_lora(text_encoder: torch.nn.Module, rank: int, alpha: float
     add_lora(text_encoder, rank, alpha, text_encoder_lora_targets(text_encoder))
 
 
-def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The LoRA weights of a UNet or a text encoder in diffusers' key format."""
-    from peft.utils import get_peft_model_state_dict
-
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
-
-
 def save_lora(unet: torch.nn.Module, directory: str | Path, text_encoder: torch.nn.Module | None = None) -> None:
     """Write `pytorch_lora_weights.safetensors` so `pipe.load_lora_weights(directory)` restores the adapters: the
     UNet's and, when given (model.train_text_encoder), the text encoder's (`text_encoder.` keys).
 
-    `unet` may be SD3's transformer: saved as diffusers' SD3 LoRA scripts do (peft keys, `transformer.` prefix).
+    `unet` may be SD3's transformer (`transformer.` prefix). The keys stay peft's (`lora_A`/`lora_B`), which
+    load_lora_weights reads for every module type: diffusers' older key format names only attention projections,
+    and a file mixing the two (model.lora_target_modules with convolutions) loaded without its attention adapters.
     """
     from diffusers import SD3Transformer2DModel
+    from peft.utils import get_peft_model_state_dict
 
     if isinstance(unet, SD3Transformer2DModel):
-        from peft.utils import get_peft_model_state_dict
-
         if text_encoder is not None:
             raise DiffrlError("text-encoder LoRA is for SD 1.x/2.x pipelines only")
         layers = get_peft_model_state_dict(unet)
         StableDiffusion3Pipeline.save_lora_weights(str(directory), transformer_lora_layers=layers, safe_serialization=True)
         return
     StableDiffusionPipeline.save_lora_weights(
-        str(directory), unet_lora_layers=lora_state_dict(unet),
-        text_encoder_lora_layers=lora_state_dict(text_encoder) if text_encoder is not None else None,
+        str(directory), unet_lora_layers=get_peft_model_state_dict(unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(text_encoder) if text_encoder is not None else None,
         safe_serialization=True)
 
 
