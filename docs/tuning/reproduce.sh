@@ -152,9 +152,9 @@ declare -A RUNS=(
   # section 28: noise-aware step weights squared (more of the update on the layout-deciding first steps), and LoRA on
   # the UNet's convolutions and feed-forward layers too (the attention projections hold a few % of its weights)
   [spk8kl003p2]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --set train.step_weight_power=2 --epochs 60"
+  [spk8kl003wide]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --set model.lora_target_modules=to_k,to_q,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2 --epochs 60"
   # section 28: section 24's command alone on the 2 cores (its time against the target's 60 minutes)
   [spk8kl003t2]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 60 --set run.threads=2"
-  [spk8kl003wide]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --set model.lora_target_modules=to_k,to_q,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2 --epochs 60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
