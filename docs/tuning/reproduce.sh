@@ -155,6 +155,9 @@ declare -A RUNS=(
   [spk8kl003wide]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --set model.lora_target_modules=to_k,to_q,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2 --epochs 60"
   # section 28: section 24's command alone on the 2 cores (its time against the target's 60 minutes)
   [spk8kl003t2]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 60 --set run.threads=2"
+  # section 29: the same over 90 epochs (the step annealed over 90): the most that fits the target's hour alone on
+  # the 2 cores at section 28's 0.6 min per epoch
+  [spk8kl003e90]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 90"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
@@ -183,7 +186,7 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
   [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
-  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2")
+  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done
