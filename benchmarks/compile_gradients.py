@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from diffrl.config import ModelConfig
     from diffrl.models.pipeline import add_lora, load_pipeline
 
     if args.model == "tiny":
@@ -38,7 +39,7 @@ def main() -> int:
         build_tiny_pipeline(args.model, ["a", "red", "circle"], sample_size=16, block_channels=(16, 32),
                             cross_attention_dim=16, vae_channels=(16, 32), seed=0)
     unet = load_pipeline(args.model).unet
-    add_lora(unet, 4, 4, ["to_k", "to_q", "to_v", "to_out.0"])
+    add_lora(unet, 4, 4, ModelConfig().lora_target_modules)  # diffrl's default targets: the attention projections
     generator = torch.Generator().manual_seed(0)
     lora = {n: p for n, p in unet.named_parameters() if p.requires_grad}
     with torch.no_grad():
