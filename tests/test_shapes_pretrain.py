@@ -101,6 +101,33 @@ def test_pretrain_is_deterministic(tmp_path):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
 
 
+
+def test_stop_after_gives_the_model_the_full_run_saves_at_that_step(tmp_path, monkeypatch):
+    import shutil
+
+    from diffrl.shapes import pretrain as module
+
+    save = module.save_with_ema
+
+    def save_and_keep(pipe, params, ema, out_dir):  # the full run's step-2 save, kept before step 4 overwrites it
+        save(pipe, params, ema, out_dir)
+        shutil.copytree(out_dir, tmp_path / "saved_at_2")
+
+    monkeypatch.setattr(module, "save_with_ema", save_and_keep)
+    pretrain(tmp_path / "full", PretrainConfig(**{**TINY, "unet_steps": 4, "save_every": 2}), progress=False, threads=1)
+    monkeypatch.setattr(module, "save_with_ema", save)
+    pretrain(tmp_path / "stopped", PretrainConfig(**{**TINY, "unet_steps": 4, "stop_after": 2}), progress=False,
+             threads=1)
+    for part in ("unet", "text_encoder"):
+        (a,), (b,), (c,) = ((tmp_path / r / part).glob("*.safetensors") for r in ("saved_at_2", "stopped", "full"))
+        saved, stopped, full = load_file(a), load_file(b), load_file(c)
+        assert all(torch.equal(saved[k], stopped[k]) for k in saved), part
+        assert not all(torch.equal(full[k], stopped[k]) for k in full), part  # steps 3-4 moved the full run on
+    with pytest.raises(ValueError, match="stop_after"):
+        PretrainConfig(unet_steps=4, stop_after=5).check()
+    with pytest.raises(ValueError, match="stop_after"):
+        PretrainConfig(stop_after=0).check()
+
 @pytest.mark.parametrize("name", ["shapes", "shapes-spatial"])
 def test_builtin_models_resolve_and_generate(name):
     from diffrl.models.pipeline import resolve_model
@@ -150,6 +177,7 @@ def test_cli_report_on_a_tiny_model(tmp_path, capsys):
     pretrain_args = parser.parse_args(["shapes", "pretrain", "--out", "x", "--unet-steps", "5", "--threads", "1"])
     assert pretrain_args.unet_steps == 5 and callable(pretrain_args.func) and pretrain_args.loss_weighting == "epsilon"
     assert parser.parse_args(["shapes", "pretrain", "--out", "x", "--loss-weighting", "v"]).loss_weighting == "v"
+    assert parser.parse_args(["shapes", "pretrain", "--out", "x", "--stop-after", "4000"]).stop_after == 4000
     with pytest.raises(SystemExit):
         parser.parse_args(["shapes", "pretrain", "--out", "x", "--loss-weighting", "x0"])
 

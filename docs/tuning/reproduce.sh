@@ -17,7 +17,7 @@ declare -A PRETRAIN=(
   [nocb_sp015]="--category-weights spatial=0.15"
   [nocb_v]="--loss-weighting v"                                   # section 9
   [nocb_v_sp3]="--loss-weighting v --category-weights spatial=3"  # section 9
-  [zsnr]="--zero-terminal-snr"                                     # section 10 (stopped after its 4,000-step save)
+  [zsnr]="--zero-terminal-snr --stop-after 4000"                      # section 10: its 4,000-step save (stopped there)
   [zsnr_sp3]="--zero-terminal-snr --category-weights spatial=3"    # section 10 (stopped after its 4,000-step save)
   [zsnr_hn30]="--zero-terminal-snr --high-noise-fraction 0.3"      # section 10 (stopped after its 2,000-step save)
   [zsnr_hn50]="--zero-terminal-snr --high-noise-fraction 0.5"      # section 10
@@ -28,7 +28,7 @@ declare -A PRETRAIN=(
   [zsnr_spA]="--init runs/pretrain/zsnr --unet-steps 2000 $SPATIAL_ONLY --high-noise-fraction 1.0"
   [zsnr_spA_fix]="--init runs/pretrain/zsnr_spA $REPAIR"
 )
-for n in 500 650 800 1000 1250; do  # section 11: shorter spatial phases, each followed by the same repair phase
+for n in 500 650 800 1000 1250 1500; do  # section 11 (1500: section 30): shorter spatial phases, each followed by the same repair phase
   PRETRAIN[zsnr_spA$n]="--init runs/pretrain/zsnr --unet-steps $n $SPATIAL_ONLY --high-noise-fraction 1.0"
   PRETRAIN[zsnr_spA${n}_fix]="--init runs/pretrain/zsnr_spA$n $REPAIR"
 done
@@ -158,6 +158,11 @@ declare -A RUNS=(
   # section 29: the same over 90 epochs (the step annealed over 90): the most that fits the target's hour alone on
   # the 2 cores at section 28's 0.6 min per epoch
   [spk8kl003e90]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 90"
+  # section 30: section 24's command on spatial bases rebuilt from this session's zsnr (NAME: the PRETRAIN entry)
+  [spk8kl003_spA800_fix]="$K8 --model runs/pretrain/zsnr_spA800_fix --set train.kl_coef=0.03 --epochs 60"
+  [spk8kl003_spA1000_fix]="$K8 --model runs/pretrain/zsnr_spA1000_fix --set train.kl_coef=0.03 --epochs 60"
+  [spk8kl003_spA1250_fix]="$K8 --model runs/pretrain/zsnr_spA1250_fix --set train.kl_coef=0.03 --epochs 60"
+  [spk8kl003_spA1500_fix]="$K8 --model runs/pretrain/zsnr_spA1500_fix --set train.kl_coef=0.03 --epochs 60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
@@ -186,7 +191,8 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
   [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
-  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1")
+  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1"
+  [spk8kl003_spA800_fix]="1" [spk8kl003_spA1000_fix]="1" [spk8kl003_spA1250_fix]="1" [spk8kl003_spA1500_fix]="1")
 for base in "${!SEEDS[@]}"; do
   for seed in ${SEEDS[$base]}; do RUNS[${base}_s$seed]="${RUNS[$base]} --seed $seed"; done
 done

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--vae-steps", type=int, default=defaults.vae_steps, help="autoencoder optimizer steps")
     p.add_argument("--unet-steps", type=int, default=defaults.unet_steps, help="UNet + text encoder optimizer steps")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="end after N of the --unet-steps (the model the full run saves at step N; its learning-rate "
+                        "schedule still spans --unet-steps)")
     p.add_argument("--category-weights", type=_category_weights, default=None, metavar="CAT=W,...",
                    help="how often each category's train prompts are drawn, e.g. color_binding=1 (unnamed categories "
                         "keep their default: color_binding 0, the others 1)")
@@ -85,7 +88,7 @@ def _set_threads(threads: int | None) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import pretrain
 
-    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, stop_after=args.stop_after,
                          loss_weighting=args.loss_weighting, zero_terminal_snr=args.zero_terminal_snr,
                          high_noise_fraction=args.high_noise_fraction, bidirectional_text=args.bidirectional_text,
                          init=args.init)

@@ -95,6 +95,9 @@ class PretrainConfig:
     (docs/tuning.md section 10)."""
     save_every: int = 1000
     """Save the pipeline every this many denoiser steps (so an interrupted run leaves a model)."""
+    stop_after: int | None = None
+    """End the denoiser phase after this many of its unet_steps (warmup, cosine decay and EMA as in the full run): the
+    model the full run saves at that step. The spatial bases start from zsnr's 4,000-step save of a 5,000-step run."""
     init: str | None = None
     """Continue from this saved pipeline instead of a random one: its autoencoder, text encoder and noise schedule are
     kept (vae_steps and the architecture fields above are ignored) and only the denoiser phase runs, with this config's
@@ -112,6 +115,8 @@ class PretrainConfig:
         if self.init is not None and (self.zero_terminal_snr or self.bidirectional_text):
             raise ValueError("init continues a saved pipeline with its own schedule and text encoder; "
                              "zero_terminal_snr and bidirectional_text only apply to a model built from scratch")
+        if self.stop_after is not None and not 0 < self.stop_after <= self.unet_steps:
+            raise ValueError(f"stop_after must be in [1, unet_steps={self.unet_steps}], got {self.stop_after}")
         if self.init is not None and not (Path(self.init) / "model_index.json").is_file():
             raise ValueError(f"init {self.init!r} is not a saved pipeline directory (no model_index.json)")
 
@@ -241,7 +246,8 @@ def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.ran
     alphas_cumprod = sched.alphas_cumprod  # (T,)
     scale = vae.config.scaling_factor
     unet.train(), text_encoder.train()
-    bar = tqdm(range(cfg.unet_steps), desc="unet", disable=not progress)
+    steps = cfg.stop_after or cfg.unet_steps
+    bar = tqdm(range(steps), desc="unet", disable=not progress)
     running = None
     for step in bar:
         specs, x = sample(cfg.unet_batch)
@@ -261,7 +267,7 @@ def train_denoiser(pipe, cfg: PretrainConfig, sample: PromptSampler, rng: np.ran
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}")
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.unet_steps:
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < steps:
             save_with_ema(pipe, params, ema, out_dir)
     with torch.no_grad():
         for p, e in zip(params, ema):
