@@ -88,8 +88,9 @@ def _set_threads(threads: int | None) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from diffrl.shapes.pretrain import pretrain
 
-    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps, stop_after=args.stop_after,
-                         loss_weighting=args.loss_weighting, zero_terminal_snr=args.zero_terminal_snr,
+    cfg = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, unet_steps=args.unet_steps,
+                         stop_after=args.stop_after, loss_weighting=args.loss_weighting,
+                         zero_terminal_snr=args.zero_terminal_snr,
                          high_noise_fraction=args.high_noise_fraction, bidirectional_text=args.bidirectional_text,
                          init=args.init)
     if args.category_weights:
