@@ -160,6 +160,8 @@ declare -A RUNS=(
   [spk8kl003e90]="$K8 --model builtin:shapes-spatial --set train.kl_coef=0.03 --epochs 90"
   # section 30: section 24's command on the spatial base rebuilt with a 1,250-step phase (the PRETRAIN entry)
   [spk8kl003_spA1250_fix]="$K8 --model runs/pretrain/zsnr_spA1250_fix --set train.kl_coef=0.03 --epochs 60"
+  # section 30: the same with two passes over each sampled batch (a probe, stopped after epoch 20's evaluation)
+  [spk8kl003_spA1250_fix_ie2_s1]="$K8 --model runs/pretrain/zsnr_spA1250_fix --set train.kl_coef=0.03 --epochs 60 --set train.inner_epochs=2 --seed 1 --set run.threads=2"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
