@@ -101,7 +101,6 @@ def test_pretrain_is_deterministic(tmp_path):
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
 
 
-
 def test_stop_after_gives_the_model_the_full_run_saves_at_that_step(tmp_path, monkeypatch):
     import shutil
 
@@ -127,6 +126,7 @@ def test_stop_after_gives_the_model_the_full_run_saves_at_that_step(tmp_path, mo
         PretrainConfig(unet_steps=4, stop_after=5).check()
     with pytest.raises(ValueError, match="stop_after"):
         PretrainConfig(stop_after=0).check()
+
 
 @pytest.mark.parametrize("name", ["shapes", "shapes-spatial"])
 def test_builtin_models_resolve_and_generate(name):

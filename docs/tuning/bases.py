@@ -4,25 +4,27 @@ For each NAME it reads the evaluations that runs/lanes-style measurement writes 
 base_NAME_single (single_val, 8 images), base_NAME_train32 (spatial_unseen-train, 32 images per prompt),
 base_NAME_val8 / _val8_eta0 / _val32 (spatial_unseen-val) and base_NAME_relation.txt (benchmarks/relation_use.py).
 
-The selection statistic reads the training prompts only (held-out prompts are never used to choose): the share of
-K-image groups in which LOOP's advantages are not all zero, i.e. some but not all samples succeed,
-1 - p^K - (1 - p)^K averaged over prompts (p: the prompt's success rate at 32 images).
+Besides each evaluation's mean and its prompts at 0 and at 32 of 32: "informative", the expected share of K-image
+groups on the training prompts in which LOOP's advantages are not all zero (some but not all samples succeed),
+1 - p^K - (1 - p)^K averaged over prompts (p: the prompt's success rate at 32 images); "val_room_drawn", the room
+(1 - p, over all 27 prompts) on the held-out prompts the base draws right at least once in 32. Section 30 chose its
+base by the relation column and that room, both properties of the base measured before any RL ran on it.
 
     python docs/tuning/bases.py shipped zsnr_spA1000_fix zsnr_spA1250_fix
 """
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from seeds import per_prompt  # docs/tuning/seeds.py: one `diffrl evaluate` result, prompt by prompt
+
 
 def per_prompt_success(path: Path) -> np.ndarray:
-    results = json.loads((path / "results.json").read_text())
-    return np.array([p["scores"]["shapes_success"] for p in results["per_prompt"]])
+    return per_prompt(path, "shapes_success")[1]
 
 
 def informative_share(p: np.ndarray, k: int) -> float:
