@@ -11,7 +11,9 @@ base (95% CI over prompts). --by-subject: the same per-prompt mean, grouped by t
 combination a prompt names (anywhere in it; a prompt with two counts in both groups). --by-colors: grouped by the
 two colors a prompt names ("orange+red"), to find pairs whose colors bleed into each other. --train-prompts SPEC:
 grouped by whether any of those training prompts names the same two colors (held-out prompts that exercise a color
-contrast training never showed). --per-prompt: every prompt's base value and each run's.
+contrast training never showed). --by-base-level: grouped by the base's own success on the prompt (rare: < 0.15, where
+a group of K samples seldom holds a success and so a nonzero leave-one-out advantage; middle; near-solved: >= 0.85).
+--per-prompt: every prompt's base value and each run's.
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ import numpy as np
 from diffrl.prompts import load_prompts
 from diffrl.report import mean_ci, prediction_interval
 from diffrl.shapes import UNSEEN_COMBOS, first_named_object, named_objects
+
+
+BASE_LEVELS = (0.15, 0.85)  # the base's success at which a prompt stops being rare / becomes near-solved
+
+
+def base_level_groups(base: np.ndarray) -> dict[str, list[int]]:
+    """Prompt indices by the base's success on them: rare (< 0.15), middle, near-solved (>= 0.85)."""
+    levels = np.digitize(base, BASE_LEVELS)
+    names = ("rare (< 0.15)", "middle", "near-solved (>= 0.85)")
+    return {f"base {name}": [i for i, x in enumerate(levels) if x == level] for level, name in enumerate(names)}
 
 
 def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
@@ -47,6 +59,8 @@ def main() -> None:
     parser.add_argument("--by-colors", action="store_true", help="also group prompts by the two colors they name")
     parser.add_argument("--train-prompts", metavar="SPEC",
                         help="also group prompts by whether these training prompts name the same two colors")
+    parser.add_argument("--by-base-level", action="store_true",
+                        help="also group prompts by the base's success on them (< 0.15, middle, >= 0.85)")
     parser.add_argument("--per-prompt", action="store_true", help="also print every prompt's base and run values")
     args = parser.parse_args()
     prompts, base = per_prompt(args.base, args.metric)
@@ -79,6 +93,8 @@ def main() -> None:
         novel = [colors_named(p) not in trained for p in prompts]
         groups |= {f"color pair {'not ' * flag}in training": [i for i, x in enumerate(novel) if x == flag]
                    for flag in (False, True)}
+    if args.by_base_level:
+        groups |= base_level_groups(base)
     for name, rows in groups.items():
         if rows:
             change = np.mean(changes, axis=0)[rows]
