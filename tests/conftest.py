@@ -12,15 +12,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+TUNING = BENCHMARKS.parent / "docs" / "tuning"
 WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "triangle", "and", "two", "above", "cat", "dog"]
 
 
-def load_benchmark(name: str):
-    """The module of benchmarks/<name>.py (a script directory, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+def load_script(path: Path):
+    """The module of a script outside the package (benchmarks/, docs/tuning/: script directories, not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_benchmark(name: str):
+    """The module of benchmarks/<name>.py."""
+    return load_script(BENCHMARKS / f"{name}.py")
 
 
 @pytest.fixture(scope="session")
