@@ -165,7 +165,7 @@ declare -A RUNS=(
   # section 31: the same at a constant step (the cosine annealed it to 0, and the clip stopped acting, by epoch 50)
   [spk8kl003c_spA1250_fix]="$K8 --model runs/pretrain/zsnr_spA1250_fix --set train.kl_coef=0.03 --epochs 60 --set train.lr_schedule=constant"
   # section 31: section 30's command with K = 16 images of 32 prompts per epoch (the same 512 images): a group of a
-  # prompt the base draws right 1 time in 30 holds a success, and so a nonzero advantage, 39% of the time (K = 8: 22%)
+  # prompt the base draws right 3% of the time holds a success, and so a nonzero advantage, 39% of the time (K = 8: 22%)
   [spk16kl003_spA1250_fix]="$K8 --model runs/pretrain/zsnr_spA1250_fix --set train.kl_coef=0.03 --epochs 60 --set sample.k=16 --set sample.prompts_per_batch=32 --set run.threads=2"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
