@@ -34,7 +34,7 @@ BASE_LEVELS = (0.15, 0.85)  # the base's success at which a prompt stops being r
 def base_level_groups(base: np.ndarray) -> dict[str, list[int]]:
     """Prompt indices by the base's success on them: rare (< 0.15), middle, near-solved (>= 0.85)."""
     levels = np.digitize(base, BASE_LEVELS)
-    names = ("rare (< 0.15)", "middle", "near-solved (>= 0.85)")
+    names = (f"rare (< {BASE_LEVELS[0]})", "middle", f"near-solved (>= {BASE_LEVELS[1]})")
     return {f"base {name}": [i for i, x in enumerate(levels) if x == level] for level, name in enumerate(names)}
 
 
