@@ -12,3 +12,14 @@ def test_base_level_groups_split_at_0_15_and_0_85():
         "base middle": [2, 3, 4],
         "base near-solved (>= 0.85)": [5, 6],
     }
+
+
+def test_spatial_unseen_twice_and_seen_draws_the_unseen_pairs_twice_as_often():
+    prompts = load_script(TUNING / "tuning_prompts.py")
+    union = [text for text, _ in prompts.spatial_unseen_and_seen()]
+    twice = [text for text, _ in prompts.spatial_unseen_twice_and_seen()]
+    unseen = {text for text, _ in prompts._as_prompts(prompts.prompt_set("spatial", "unseen-train-all"))}
+    assert sorted(set(twice)) == sorted(set(union))
+    assert all(twice.count(text) == 2 for text in unseen)
+    share = sum(text in unseen for text in twice) / len(twice)
+    assert share == 2 * 216 / (2 * 216 + 520)  # 0.45, against 216 / 736 = 0.29 in the union
