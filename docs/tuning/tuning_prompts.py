@@ -28,8 +28,7 @@ def spatial_unseen_and_seen() -> list[tuple[str, dict]]:
 def spatial_unseen_twice_and_seen() -> list[tuple[str, dict]]:
     """spatial_unseen_and_seen with every phrasing of the 27 unseen pairs listed twice: prompts are drawn with
     replacement, so the unseen pairs are 45% of the draws instead of 29% (section 32)."""
-    unseen = prompt_set("spatial", "unseen-train-all")
-    return _as_prompts([*unseen, *unseen, *prompt_set("spatial", "train")])
+    return _as_prompts(prompt_set("spatial", "unseen-train-all")) + spatial_unseen_and_seen()
 
 
 def spatial_unseen_color_complete() -> list[tuple[str, dict]]:
