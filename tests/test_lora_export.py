@@ -1,5 +1,6 @@
 """The exported LoRA file (RUN/lora/) restores exactly the trained adapters in plain diffusers, whatever modules
 model.lora_target_modules names: attention projections, convolutions and feed-forward layers together."""
+import pytest
 import torch
 
 from diffrl.models.pipeline import add_lora, add_text_encoder_lora, load_pipeline, save_lora
@@ -23,12 +24,13 @@ def lora_layer_count(module):
     return sum(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def test_adapters_on_convolutions_and_attention_load_back_exactly(tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("alpha", [4.0, 8.0], ids=["scale1", "scale2"])  # alpha / rank != 1: the file must say so
+def test_adapters_on_convolutions_and_attention_load_back_exactly(tiny_pipeline_dir, tmp_path, alpha):
     from diffusers import StableDiffusionPipeline
 
     trained = load_pipeline(str(tiny_pipeline_dir))
-    add_lora(trained.unet, 4, 4.0, WIDE_TARGETS)
-    add_text_encoder_lora(trained.text_encoder, 4, 4.0)
+    add_lora(trained.unet, 4, alpha, WIDE_TARGETS)
+    add_text_encoder_lora(trained.text_encoder, 4, alpha)
     randomize_lora_b(trained.unet)
     randomize_lora_b(trained.text_encoder)
     save_lora(trained.unet, tmp_path, trained.text_encoder)

@@ -78,6 +78,31 @@ def test_lora_loads_into_plain_diffusers_sd3(sd3_dir, sd3_prompts, tmp_path):
     assert not np.allclose(base, generate())
 
 
+def test_lora_export_keeps_its_scale_in_plain_diffusers_sd3(sd3_dir, tmp_path):
+    """alpha / rank = 2 (the flow_grpo preset's 64 / 32): plain diffusers must load the adapters at that scale."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from diffrl.models.pipeline import add_lora, load_pipeline, save_lora
+
+    trained = load_pipeline(str(sd3_dir))
+    add_lora(trained.transformer, 4, 8.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in trained.transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    save_lora(trained.transformer, tmp_path)
+    plain = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    plain.load_lora_weights(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 4, 8, 8, generator=generator),
+                  encoder_hidden_states=torch.randn(1, 5, 16, generator=generator),
+                  pooled_projections=torch.randn(1, 24, generator=generator), timestep=torch.tensor([500.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(plain.transformer(**inputs).sample, trained.transformer(**inputs).sample,
+                                   rtol=0, atol=1e-5)
+
+
 def test_flow_policy_at_noise_level_zero_is_the_diffusers_sd3_sampler(sd3_dir):
     """The deterministic limit of the policy (Euler ODE steps) gives StableDiffusion3Pipeline's latents and images."""
     from diffrl.models.pipeline import load_pipeline

@@ -4,6 +4,7 @@
     diffrl evaluate       cli/evaluate.py      fixed-seed evaluation with confidence intervals (diffrl.evaluation)
     diffrl compare        cli/compare.py       methods x seeds on one image budget (diffrl.compare)
     diffrl report         cli/report.py        figures and HTML from finished runs (diffrl.report)
+    diffrl soup           cli/soup.py          the average of runs' LoRA adapters, a model soup (diffrl.soup)
     diffrl rewards        cli/rewards.py       the registered reward names
     diffrl config         cli/config.py        every config key with its default and meaning
     diffrl shapes         cli/shapes.py        ShapesWorld: pretrain / report (diffrl.shapes.cli)
@@ -21,12 +22,12 @@ import argparse
 import os
 import sys
 
-from diffrl.cli import compare, config, evaluate, report, rewards, serve_reward, shapes, train
+from diffrl.cli import compare, config, evaluate, report, rewards, serve_reward, shapes, soup, train
 from diffrl.errors import DiffrlError, RunHalted, RunInterrupted
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_HALTED = 0, DiffrlError.exit_code, RunHalted.exit_code
 
-COMMANDS = (train, evaluate, compare, report, rewards, config, shapes, serve_reward)  # in `diffrl --help` order
+COMMANDS = (train, evaluate, compare, report, soup, rewards, config, shapes, serve_reward)  # in `diffrl --help` order
 
 
 def build_parser() -> argparse.ArgumentParser:

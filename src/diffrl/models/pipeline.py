@@ -184,15 +184,20 @@ def save_lora(unet: torch.nn.Module, directory: str | Path, text_encoder: torch.
     from diffusers import SD3Transformer2DModel
     from peft.utils import get_peft_model_state_dict
 
+    def adapter_config(module):  # stored in the file, so load_lora_weights restores alpha / rank (else it assumes 1)
+        return module.peft_config["default"].to_dict() if module is not None else None
+
     if isinstance(unet, SD3Transformer2DModel):
         if text_encoder is not None:
             raise DiffrlError("text-encoder LoRA is for SD 1.x/2.x pipelines only")
-        layers = get_peft_model_state_dict(unet)
-        StableDiffusion3Pipeline.save_lora_weights(str(directory), transformer_lora_layers=layers, safe_serialization=True)
+        StableDiffusion3Pipeline.save_lora_weights(
+            str(directory), transformer_lora_layers=get_peft_model_state_dict(unet),
+            transformer_lora_adapter_metadata=adapter_config(unet), safe_serialization=True)
         return
     StableDiffusionPipeline.save_lora_weights(
         str(directory), unet_lora_layers=get_peft_model_state_dict(unet),
         text_encoder_lora_layers=get_peft_model_state_dict(text_encoder) if text_encoder is not None else None,
+        unet_lora_adapter_metadata=adapter_config(unet), text_encoder_lora_adapter_metadata=adapter_config(text_encoder),
         safe_serialization=True)
 
 
