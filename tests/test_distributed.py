@@ -1,11 +1,12 @@
 """Two CPU processes (torchrun + gloo): replicas stay identical, only rank 0 writes, no hang at save."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.torchrun_guard import free_port, run_torchrun
 
 
 @pytest.mark.parametrize("algo, extra", [("ppo", []), ("loop", []),
@@ -15,14 +16,14 @@ def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file
     out = tmp_path / "dist"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    port = 29500 + os.getpid() % 1000 + len(algo) + len(extra)
+    port = free_port()
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "diffrl.cli", "train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file),
            "--reward", "brightness", "--algo", algo, "--epochs", "2", "--out", str(out), "--k", "2",
            "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
            "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2", *extra]
-    # A hang guard, not a timing check: on a shared 2-core machine two processes took over 4 minutes once.
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # On a shared 2-core machine two processes took over 4 minutes once.
+    result = run_torchrun(cmd, env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("diffrl: done") == 1  # only rank 0 speaks
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import diffrl.checkpoint as ckpt
+from tests.torchrun_guard import free_port, run_torchrun
 
 WRAPPER = """
 import errno, os, signal, sys
@@ -34,14 +35,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def launch(args: list[str], fault: str, tmp_path: Path, port: int) -> subprocess.CompletedProcess:
+def launch(args: list[str], fault: str, tmp_path: Path) -> subprocess.CompletedProcess:
     script = tmp_path / "faulty_diffrl.py"
     script.write_text(WRAPPER)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
            "DIFFRL_TEST_FAULT": fault}
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)  # a hang fails here
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script), *args]
+    return run_torchrun(cmd, env, timeout=240)  # a hang fails here
 
 
 def test_one_rank_signalled_or_failing_to_save_stops_every_rank(tiny_pipeline_dir, prompt_file, tmp_path):
@@ -50,13 +51,12 @@ def test_one_rank_signalled_or_failing_to_save_stops_every_rank(tiny_pipeline_di
             "--algo", "loop", "--epochs", "4", "--out", str(out), "--k", "2", "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0",
             "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none", "--set", "run.progress=false",
             "--set", "run.save_every=1", "--set", "run.keep_checkpoints=3", "--set", "run.tensorboard=false"]
-    port = 29700 + os.getpid() % 200
-    result = launch(args, "sigterm", tmp_path, port)
+    result = launch(args, "sigterm", tmp_path)
     assert "exitcode  : 143" in result.stderr, result.stderr[-3000:]  # torchrun's report of the workers
     assert result.stderr.count("resume with: diffrl train --resume") == 1  # rank 0 speaks for the job
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["epoch_00001", "epoch_00002"]
 
-    result = launch(["train", "--resume", str(out)], "enospc", tmp_path, port + 1)
+    result = launch(["train", "--resume", str(out)], "enospc", tmp_path)
     assert result.stderr.count("could not write checkpoint") == 1, result.stderr[-3000:]
     assert "exitcode  : 3" in result.stderr
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["epoch_00001", "epoch_00002"]
