@@ -88,6 +88,7 @@ def test_soup_refuses_what_does_not_average(tiny_pipeline_dir, tmp_path, capsys)
     add_lora(pipe.unet, 4, 4.0, ["to_q"])  # other modules
     save_lora(pipe.unet, tmp_path / "narrow")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "full" / "unet").mkdir(parents=True)  # a full fine-tune's export
     runs = []
     for name, base in (("run1", "model-a"), ("run2", "model-b")):
         config = Config()
@@ -97,6 +98,7 @@ def test_soup_refuses_what_does_not_average(tiny_pipeline_dir, tmp_path, capsys)
         runs.append(str(tmp_path / name))
     cases = [([str(first), str(tmp_path / "narrow")], "adapt different modules"),
              ([str(first), str(tmp_path / "empty")], "neither a run directory"),
+             ([str(first), str(tmp_path / "full")], "full fine-tune"),
              ([str(first), str(first), "--weights", "1"], "1 weights for 2 runs"),
              (runs, "different base models")]
     for argv, message in cases:
@@ -105,3 +107,17 @@ def test_soup_refuses_what_does_not_average(tiny_pipeline_dir, tmp_path, capsys)
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_evaluate_reads_a_soups_base_and_settings_from_its_first_run(tiny_pipeline_dir, tmp_path):
+    from diffrl.cli.evaluate import default_model
+
+    pipe = load_pipeline(str(tiny_pipeline_dir))
+    add_lora(pipe.unet, 4, 4.0, ["to_q"])
+    config = Config()
+    config.model.pretrained = str(tiny_pipeline_dir)
+    write_config(tmp_path / "run", config)
+    save_lora(pipe.unet, tmp_path / "run" / "lora")
+    assert main(["soup", str(tmp_path / "run"), "--weights", "0.5", "--out", str(tmp_path / "soup")]) == 0
+    assert json.loads((tmp_path / "soup" / "soup.json").read_text())["base"] == str(tiny_pipeline_dir)
+    assert default_model(tmp_path / "soup") == str(tiny_pipeline_dir)

@@ -50,7 +50,7 @@ def run(args) -> int:
     save_file(averaged, str(args.out / LORA_FILE), metadata={"format": "pt"})
     weights = args.weights or [1.0 / len(args.runs)] * len(args.runs)
     base = known.pop() if known else None
-    record = {"runs": [str(p) for p in args.runs], "weights": weights, "base": base}
+    record = {"runs": [str(p.resolve()) for p in args.runs], "weights": weights, "base": base}
     (args.out / SOUP_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     print(f"diffrl: soup: {len(args.runs)} adapter(s), weights {', '.join(f'{w:g}' for w in weights)} -> "
           f"{args.out / LORA_FILE}")
