@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from diffrl.errors import DiffrlError
-from diffrl.prompts import load_prompts
+from diffrl.prompts import BUILTIN_SETS, load_prompts
 
 
 def test_prompt_file_skips_blank_lines_and_comments(prompt_file):
@@ -33,7 +33,22 @@ def test_sampling_is_seeded():
     assert a == source.sample(np.random.default_rng(5), 8)
 
 
+def test_sets_joined_with_plus_concatenate_and_repeat(prompt_file, tmp_path):
+    seen = load_prompts("shapes:spatial_train").all()
+    unseen = load_prompts("shapes:spatial_unseen-train-all").all()
+    joined = load_prompts("shapes:spatial_unseen-train-all+shapes:spatial_unseen-train-all+shapes:spatial_train")
+    assert joined.all() == unseen + unseen + seen  # drawn uniformly: the unseen pairs twice as often as once
+    file_and_animals = load_prompts(f"{prompt_file}+builtin:animals").all()
+    assert file_and_animals == load_prompts(str(prompt_file)).all() + [(a, {}) for a in BUILTIN_SETS["animals"]]
+    plus_file = tmp_path / "a+b.txt"  # an existing file whose name holds a + is still a file
+    plus_file.write_text("a red circle\n")
+    assert load_prompts(str(plus_file)).all() == [("a red circle", {})]
+
+
 @pytest.mark.parametrize("spec, message", [
+    ("shapes:spatial_train+", "empty part"),
+    ("shapes:spatial_train+tests.test_prompts:one_prompt", "prompt generator"),
+    ("shapes:spatial_train+shapes:nope_train", "unknown ShapesWorld prompt set"),
     ("shapes:nope_train", "unknown ShapesWorld prompt set"),
     ("builtin:nope", "unknown built-in prompt set"),
     ("/no/such/file.txt", "prompt file not found"),
@@ -111,3 +126,8 @@ def test_t2i_compbench_directory_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("DIFFRL_T2I_COMPBENCH_DIR", raising=False)
     with pytest.raises(DiffrlError, match="DIFFRL_T2I_COMPBENCH_DIR"):
         load_prompts("t2i-compbench:color_val")
+
+
+def one_prompt():
+    """A prompt generator (one (prompt, metadata) pair per call), for the + test above."""
+    return ("a red circle", {})

@@ -23,3 +23,13 @@ def test_spatial_unseen_twice_and_seen_draws_the_unseen_pairs_twice_as_often():
     assert all(twice.count(text) == 2 for text in unseen)
     share = sum(text in unseen for text in twice) / len(twice)
     assert share == 2 * 216 / (2 * 216 + 520)  # 0.45, against 216 / 736 = 0.29 in the union
+
+
+def test_the_45_percent_union_is_the_library_spec_joined_with_plus():
+    """Section 33's documented command names the set with `+` (no docs/tuning on the path): the same list in the
+    same order, so the same seed draws the same prompts."""
+    from diffrl.prompts import load_prompts
+
+    prompts = load_script(TUNING / "tuning_prompts.py")
+    spec = "shapes:spatial_unseen-train-all+shapes:spatial_unseen-train-all+shapes:spatial_train"
+    assert load_prompts(spec).all() == prompts.spatial_unseen_twice_and_seen()

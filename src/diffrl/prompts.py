@@ -8,6 +8,9 @@ Spec forms:
   builtin:animals                 DDPO's simple animal list
   module:function                 returns a list of prompts / (prompt, metadata) pairs, or one
                                   (prompt, metadata) pair per call (DDPO's prompt_fn)
+  SPEC+SPEC+...                   the fixed sets concatenated; training draws uniformly from the whole list,
+                                  so a set named twice is drawn twice as often as once, e.g.
+                                  shapes:spatial_unseen-train-all+shapes:spatial_unseen-train-all+shapes:spatial_train
 
 Held-out prompts (`run.eval_prompts`) are resolved in one place, `split_prompts`: a spec, none, or
 "auto" (the default), which follows the training prompts (see `split_prompts`).
@@ -75,6 +78,8 @@ def read_prompt_file(path: Path) -> list[Prompt]:
 
 
 def load_prompts(spec: str) -> PromptSource:
+    if "+" in spec and not Path(spec).expanduser().exists():
+        return _concatenated(spec)
     if spec.startswith("shapes:"):
         from diffrl.shapes import world
 
@@ -109,6 +114,18 @@ def load_prompts(spec: str) -> PromptSource:
         return PromptSource([_check_pair(p, spec) for p in first], name=spec)
     _check_pair(first, spec)
     return PromptSource(generate=fn, name=spec)
+
+
+def _concatenated(spec: str) -> PromptSource:
+    """`A+B+...`: the fixed prompt sets A, B, ... in one list (a set named twice counts twice)."""
+    parts = spec.split("+")
+    if not all(part.strip() for part in parts):
+        raise DiffrlError(f"prompt spec {spec!r} has an empty part; join prompt sets as A+B")
+    sources = [load_prompts(part.strip()) for part in parts]
+    for part, source in zip(parts, sources):
+        if source.prompts is None:
+            raise DiffrlError(f"prompt spec {spec!r}: {part.strip()} is a prompt generator; only fixed sets join with +")
+    return PromptSource([p for source in sources for p in source.prompts], name=spec)
 
 
 # ---------------------------------------------------------------------------- held-out prompts
