@@ -128,7 +128,7 @@ def test_stop_after_gives_the_model_the_full_run_saves_at_that_step(tmp_path, mo
         PretrainConfig(stop_after=0).check()
 
 
-@pytest.mark.parametrize("name", ["shapes", "shapes-spatial"])
+@pytest.mark.parametrize("name", ["shapes", "shapes-spatial", "shapes-spatial2"])
 def test_builtin_models_resolve_and_generate(name):
     from diffrl.models.pipeline import resolve_model
 
@@ -142,7 +142,7 @@ def test_an_unknown_builtin_model_names_the_available_ones():
     from diffrl.models.pipeline import resolve_model
 
     with pytest.raises(DiffrlError, match="unknown built-in model 'builtin:nope'; available: builtin:shapes, "
-                                          "builtin:shapes-spatial"):
+                                          "builtin:shapes-spatial, builtin:shapes-spatial2"):
         resolve_model("builtin:nope")
 
 

@@ -132,6 +132,7 @@ def test_a_text_encoder_other_than_clip_is_a_one_line_error(prompt_file, tmp_pat
     ("builtin:shapes", True, None, True),    # the default on ShapesWorld (docs/tuning.md, section 18)
     ("builtin:shapes", False, None, False),  # full fine-tuning has no adapters to add
     ("builtin:shapes-spatial", True, None, True),  # the spatial studies' base trains it too (docs/tuning.md 16-17)
+    ("builtin:shapes-spatial2", True, None, True),
     ("stabilityai/stable-diffusion-2-base", True, None, False),  # measured on ShapesWorld only
     ("builtin:shapes", True, False, False),
     ("stabilityai/stable-diffusion-2-base", True, True, True),

@@ -32,11 +32,12 @@ def opt(default: Any, help: str) -> Any:
 BUILTIN_PREFIX = "builtin:"  # a shipped pipeline (diffrl.shapes.BUILTIN_MODELS): every one is a ShapesWorld model
 BUILTIN_SHAPES = "builtin:shapes"  # the embedded ShapesWorld pipeline: the default model, and what several defaults follow
 BUILTIN_SHAPES_SPATIAL = "builtin:shapes-spatial"  # the shipped base of the spatial-relation studies (docs/shapesworld.md)
+BUILTIN_SHAPES_SPATIAL2 = "builtin:shapes-spatial2"  # its rebuild with more room, the base of the spatial command (docs/tuning.md 33)
 
 
 @dataclass
 class ModelConfig:
-    pretrained: str = opt(BUILTIN_SHAPES, f"Pipeline to fine-tune: a local diffusers directory, a hub id, {BUILTIN_SHAPES} or {BUILTIN_SHAPES_SPATIAL} (ShapesWorld's base for spatial relations).")
+    pretrained: str = opt(BUILTIN_SHAPES, f"Pipeline to fine-tune: a local diffusers directory, a hub id, {BUILTIN_SHAPES}, {BUILTIN_SHAPES_SPATIAL} or {BUILTIN_SHAPES_SPATIAL2} (ShapesWorld's bases for spatial relations).")
     revision: str | None = opt(None, "Hub revision of the pretrained pipeline.")
     lora: bool = opt(True, "Train LoRA adapters (True) or the whole denoiser, SD's UNet or SD3's transformer (False), exported with save_pretrained to RUN/unet/ or RUN/transformer/ (its name in a diffusers pipeline), which `diffrl evaluate --lora RUN` loads.")
     lora_rank: int = opt(4, "LoRA rank.")

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
     r = commands.add_parser("report", help="sample val/unseen prompts and print the per-category success table")
     r.add_argument("--model", default="builtin", help="pipeline directory, 'builtin' for the shipped model, or "
-                                                      "builtin:NAME (builtin:shapes, builtin:shapes-spatial)")
+                                                      "builtin:NAME (builtin:shapes, builtin:shapes-spatial, builtin:shapes-spatial2)")
     r.add_argument("--images-per-prompt", type=int, default=8)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
