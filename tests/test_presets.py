@@ -49,3 +49,14 @@ def test_an_unknown_config_names_the_presets(tmp_path):
 
     with pytest.raises(DiffrlError, match="presets: .*flow_grpo_pickscore"):
         load_config(tmp_path / "nope")
+
+
+def test_shapes_spatial_preset_is_section_33s_command():
+    """docs/tuning.md section 33 ran it as docs/tuning/reproduce.sh's spk8union2b128_spA1250_fix (the base as a local
+    directory, the prompt set as tuning_prompts:spatial_unseen_twice_and_seen: the same list)."""
+    c = load_config("shapes_spatial")
+    assert (c.model.pretrained, c.model.lora, c.model.train_text_encoder) == ("builtin:shapes-spatial2", True, True)
+    assert (c.sample.k, c.sample.prompts_per_batch, c.sample.num_steps, c.sample.eta) == (8, 128, 10, 1.0)
+    assert (c.train.algo, c.train.learning_rate, c.train.lr_schedule, c.train.minibatches) == ("loop", 2e-3, "cosine", 16)
+    assert (c.train.step_weight_power, c.train.kl_coef, c.train.inner_epochs) == (1.0, 0.0, None)
+    assert (c.run.reward, c.run.epochs, c.run.eval_prompts) == ("shapes_success", 60, "shapes:spatial_unseen-val")
