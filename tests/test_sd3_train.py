@@ -83,14 +83,11 @@ def test_lora_export_keeps_its_scale_in_plain_diffusers_sd3(sd3_dir, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
     from diffrl.models.pipeline import add_lora, load_pipeline, save_lora
+    from tests.test_lora_export import randomize_lora_b
 
     trained = load_pipeline(str(sd3_dir))
     add_lora(trained.transformer, 4, 8.0, ["to_q", "to_k", "to_v", "to_out.0"])
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in trained.transformer.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.1)
+    randomize_lora_b(trained.transformer)
     save_lora(trained.transformer, tmp_path)
     plain = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
     plain.load_lora_weights(tmp_path)

@@ -71,13 +71,11 @@ def lora_file(path: Path) -> Path:
     raise DiffrlError(f"soup: {path} is neither a run directory with lora/ nor a LoRA directory ({LORA_FILE})")
 
 
-def soup_files(paths: list[Path], weights: list[float] | None = None) -> dict[str, torch.Tensor]:
-    """Load the LoRA files of `paths` (run or LoRA directories) and average them with `weights` (default equal,
-    summing to 1); one-line errors when they do not fit together."""
+def soup_files(paths: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
+    """Load the LoRA files of `paths` (run or LoRA directories) and average them with `weights`; one-line errors
+    when they do not fit together."""
     from safetensors import safe_open
 
-    if weights is None:
-        weights = [1.0 / len(paths)] * len(paths)
     if len(weights) != len(paths):
         raise DiffrlError(f"soup: {len(weights)} weights for {len(paths)} runs")
     adapters, scales = [], []

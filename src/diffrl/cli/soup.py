@@ -40,15 +40,14 @@ def run(args) -> int:
 
     from diffrl.soup import LORA_FILE, soup_files
 
-    bases = {str(path): run_base(path) for path in args.runs}
-    known = {base for base in bases.values() if base is not None}
+    known = {base for base in map(run_base, args.runs) if base is not None}
     if len(known) > 1:
         raise DiffrlError(f"soup: the runs fine-tune different base models ({', '.join(sorted(known))}); a soup "
                           "averages changes to one base")
-    averaged = soup_files(args.runs, args.weights)
+    weights = args.weights or [1.0 / len(args.runs)] * len(args.runs)
+    averaged = soup_files(args.runs, weights)
     args.out.mkdir(parents=True, exist_ok=True)
     save_file(averaged, str(args.out / LORA_FILE), metadata={"format": "pt"})
-    weights = args.weights or [1.0 / len(args.runs)] * len(args.runs)
     base = known.pop() if known else None
     record = {"runs": [str(p.resolve()) for p in args.runs], "weights": weights, "base": base}
     (args.out / SOUP_RECORD).write_text(json.dumps(record, indent=2) + "\n")
