@@ -55,6 +55,7 @@ class SampleConfig:
     k: int = opt(4, "Images per prompt K (the leave-one-out / group size).")
     prompts_per_batch: int = opt(64, "Prompts per sampling batch, per process (drawn with replacement). 64 x K = 4: 256 images per epoch, 16 updates of 16 (docs/tuning.md).")
     batches_per_epoch: int = opt(1, "Sampling batches per epoch, per process.")
+    skip_zero_advantage: float = opt(0.0, "Probability of passing over a drawn training prompt whose images all had a zero advantage the last time it was drawn (under loop, grpo and reinforce-loo: every image got the same reward), drawing another prompt in its place. Such a group adds nothing to the gradient without a KL penalty but costs its sampling; a skipped prompt is still drawn with probability 1 - p each time, so one that starts to teach again comes back. Selective rollouts as in GRESO (Zheng et al., 2025). 0: off (every draw is sampled); must be < 1. docs/tuning.md, section 34.")
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
     flow_noise_level: float = opt(0.7, "Flow models (SD3) only: noise level a of Flow-GRPO's SDE sampler, step noise std a * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next); > 0 makes each step a Gaussian policy (Flow-GRPO: 0.7). sample.eta is the DDIM models' counterpart.")
     max_sequence_length: int = opt(256, "SD3-style pipelines only (ignored by SD 1.x/2.x, whose CLIP encoder has a fixed 77 tokens): the T5 tokens every prompt is padded or truncated to (StableDiffusion3Pipeline.encode_prompt's max_sequence_length; diffusers' default 256, Flow-GRPO: 128). The transformer attends to the padding too, so this is part of the policy, and shorter sequences make every transformer call cheaper; prompts longer than this are truncated.")
@@ -275,6 +276,8 @@ def validate(config: Config) -> Config:
         (s.k >= 1, "sample.k must be >= 1"),
         (s.prompts_per_batch >= 1, "sample.prompts_per_batch must be >= 1"),
         (s.batches_per_epoch >= 1, "sample.batches_per_epoch must be >= 1"),
+        (0 <= s.skip_zero_advantage < 1, "sample.skip_zero_advantage must be in [0, 1) (1 would never draw a "
+                                         "prompt again once its group was flat)"),
         (s.logprob_reduce in ("mean", "sum"), "sample.logprob_reduce must be 'mean' or 'sum'"),
         (not estimator.needs_group or s.k >= 2 or config.b2.enabled,  # B2: the siblings are the group
          f"--algo {t.algo} needs K >= 2 images per prompt for its baseline (got sample.k={s.k})"),

@@ -67,6 +67,7 @@ class RunState:
     eval_rewards: dict  # name -> reward, scored on the held-out images; the first is eval_key's
     tracker: PerPromptStatTracker  # ppo's per-prompt reward statistics
     history: b2core.StageRewardHistory  # B2's per-stage rewards for the sibling z-scores
+    flat_prompts: set[str]  # prompts whose images all had a zero advantage when last drawn (sample.skip_zero_advantage)
     prompt_rng: np.random.Generator  # prompt sampling, one stream per rank
     noise_gen: torch.Generator  # sampling noise, one stream per rank
     train_gen: torch.Generator  # minibatch order and step subsets, the same on every rank
@@ -184,6 +185,7 @@ def start_run(config: Config, resume: bool) -> RunState:
         eval_rewards={name: get_reward(name) for name in eval_reward_names(config, prompts.held_out)},
         tracker=PerPromptStatTracker(t.stat_buffer_size, t.stat_min_count),
         history=b2core.StageRewardHistory(b.history_stages),
+        flat_prompts=set(),
         prompt_rng=np.random.default_rng([r.seed, rank]),
         noise_gen=torch.Generator().manual_seed(r.seed * 7919 + rank),
         train_gen=torch.Generator().manual_seed(r.seed * 104729 + 1),  # same on every rank
@@ -331,6 +333,7 @@ def save(run: RunState) -> None:
     error = None
     if accelerator.is_main_process:
         state = {"counters": dict(counters), "tracker": run.tracker.state_dict(), "history": run.history.state_dict(),
+                 "flat_prompts": sorted(run.flat_prompts),
                  "prompt_rng": prompt_states, "torch_rng": {"noise": noise_states, "train": run.train_gen.get_state()},
                  "lr_scheduler": run.lr_scheduler.state_dict()}  # the same on every rank
         unet = run.policy.unet
@@ -382,6 +385,7 @@ def restore(run: RunState) -> dict | None:
     # whose factor is 1 at every update: the fresh scheduler just starts counting at this resume, at update 0.
     run.tracker.load_state_dict(state["tracker"])
     run.history.load_state_dict(state["history"])
+    run.flat_prompts = set(state.get("flat_prompts", ()))  # absent from checkpoints older than the key
     set_rng_states(run, (state["prompt_rng"][rank], state["torch_rng"]["noise"][rank], state["torch_rng"]["train"]))
     return state["counters"]
 

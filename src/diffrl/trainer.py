@@ -23,6 +23,7 @@ from diffrl import checkpoint as ckpt
 from diffrl.config import Config, branches
 from diffrl.core import b2 as b2core
 from diffrl.core.estimators import compute_advantages
+from diffrl.core.prompt_filter import draw_skipping_flat, flat_prompts, update_flat_set
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
 from diffrl.rewards.base import check_rewards
@@ -91,7 +92,7 @@ def run_epoch(epoch: int, run: RunState) -> dict:
     start = time.perf_counter()
     rng_at_start = rng_states(run)  # what a reward outage checkpoints: nothing else changes before the reward
     steps, branch_step, metrics = steps_of_epoch(run, epoch)
-    traj, embeds, texts, metas = sample_epoch(run, branch_step)
+    traj, embeds, texts, metas = sample_epoch(run, branch_step, metrics)
     sampled = time.perf_counter()
     rewards = score(run, epoch, traj.images, texts, metas, rng_at_start)
     rewarded = time.perf_counter()
@@ -170,18 +171,22 @@ def steps_of_epoch(run: RunState, epoch: int) -> tuple[torch.Tensor, int | None,
     return steps, branch_step, metrics
 
 
-def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, torch.Tensor, list[str], list[dict]]:
-    """All batches of one epoch: (trajectories, prompt embeddings (P_total, L, D), texts, metadata) per sample."""
+def sample_epoch(run: RunState, branch_step: int | None, metrics: dict
+                 ) -> tuple[Trajectories, torch.Tensor, list[str], list[dict]]:
+    """All batches of one epoch: (trajectories, prompt embeddings (P_total, L, D), texts, metadata) per sample.
+    Records in `metrics` how many drawn prompts sample.skip_zero_advantage passed over."""
     s = run.config.sample
     per_prompt = s.k * branches(run.config)
     parts, embeds, texts, metas = [], [], [], []
-    offset = 0
+    offset = passed_over = 0
     run.policy.unet.eval()
     with run.accelerator.autocast():
         if run.train_text_encoder is not None:  # guidance's empty prompt under this epoch's text encoder
             run.uncond = encode_prompts(run.pipe, [""], run.accelerator.device)
         for _ in range(s.batches_per_epoch):
-            batch = run.prompts.sample(run.prompt_rng, s.prompts_per_batch)
+            batch, passed = draw_skipping_flat(lambda n: run.prompts.sample(run.prompt_rng, n), s.prompts_per_batch,
+                                               run.flat_prompts, s.skip_zero_advantage, run.prompt_rng)
+            passed_over += passed
             prompt_embeds = encode_prompts(run.pipe, [p for p, _ in batch], run.accelerator.device,
                                            s.max_sequence_length)
             traj = sample_trajectories(run.policy, run.pipe.vae, prompt_embeds, run.uncond, s.k, run.timesteps,
@@ -194,6 +199,8 @@ def sample_epoch(run: RunState, branch_step: int | None) -> tuple[Trajectories, 
             texts += [p for p, _ in batch for _ in range(per_prompt)]
             metas += [m for _, m in batch for _ in range(per_prompt)]
     run.policy.unet.train()
+    if s.skip_zero_advantage:
+        metrics.update({"prompts_passed_over": passed_over, "flat_prompts": len(run.flat_prompts)})
     first = parts[0]
     merged = Trajectories(
         latents=torch.cat([p.latents for p in parts]), log_probs=torch.cat([p.log_probs for p in parts]),
@@ -227,7 +234,8 @@ def score(run: RunState, epoch: int, images: np.ndarray, texts: list[str], metas
 
 def advantages(run: RunState, rewards: np.ndarray, texts: list[str], metrics: dict) -> tuple:
     """Rewards gathered from every rank, their advantages over whole groups (K per prompt, or B2's B siblings),
-    and which samples to train on (finite reward; B2's z-score selection). Counts NaN rewards and images."""
+    and which samples to train on (finite reward; B2's z-score selection). Counts NaN rewards and images, and
+    records which prompts had a zero advantage on every image (sample.skip_zero_advantage)."""
     s, t, b, accelerator = run.config.sample, run.config.train, run.config.b2, run.accelerator
     all_rewards = accelerator.gather(torch.as_tensor(rewards, device=accelerator.device)).cpu().numpy()
     all_texts = gather_object(texts) if accelerator.num_processes > 1 else texts
@@ -237,6 +245,8 @@ def advantages(run: RunState, rewards: np.ndarray, texts: list[str], metrics: di
     group_size = b.branches if b.enabled else s.k  # B2: siblings form the group
     all_adv = compute_advantages(run.estimator, all_rewards, all_texts, group_size, run.tracker, t.loo_std,
                                  t.adv_clip_max)
+    if s.skip_zero_advantage:
+        update_flat_set(run.flat_prompts, flat_prompts(all_texts, all_adv))  # the same on every rank
     keep = finite.copy()
     if b.enabled and b.selection == "zscore":
         run.history.add(metrics["b2/stage"], all_texts, all_rewards)
