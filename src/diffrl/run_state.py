@@ -212,6 +212,8 @@ def start_run(config: Config, resume: bool) -> RunState:
               + (f", step weights {format_step_weights(run, steps)} (train.step_weight_power {t.step_weight_power:g})"
                  if t.step_weight_power else "")
               + (", LoRA on the text encoder too" if run.train_text_encoder is not None else "")
+              + (f", prompts whose last group was flat passed over with p = {s.skip_zero_advantage:g}"
+                 if s.skip_zero_advantage else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")
