@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from diffrl import checkpoint as ckpt
 from diffrl.cli import main
 from diffrl.core.prompt_filter import MAX_DRAW_ROUNDS, draw_skipping_flat, flat_prompts, update_flat_set
+from tests.test_reliability_runs import metrics, weights
 from tests.test_resume import ARGS
 
 
@@ -82,16 +83,15 @@ def test_a_run_skipping_flat_prompts_passes_them_over_and_resumes_bit_for_bit(ti
     assert main([*common, "--epochs", "2", "--out", str(tmp_path / "part")]) == 0
     assert main(["train", "--resume", str(tmp_path / "part"), "--set", "run.epochs=4"]) == 0
 
-    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()][1:]
+    lines = metrics(tmp_path / "full")[1:]
     assert lines[0]["prompts_passed_over"] == 0  # nothing known before the first epoch
     assert sum(line["prompts_passed_over"] for line in lines[1:]) > 0
-    state = json.loads((tmp_path / "full" / "checkpoints" / "epoch_00004" / "state.json").read_text())
+    state = json.loads((ckpt.checkpoint_path(tmp_path / "full", 4) / "state.json").read_text())
     assert state["flat_prompts"] and "a yellow cat" not in state["flat_prompts"]
     assert set(state["flat_prompts"]) <= {"a red circle", "a blue square", "a green triangle"}
 
-    resumed = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()][1:]
+    resumed = metrics(tmp_path / "part")[1:]
     assert [r["prompts_passed_over"] for r in resumed] == [r["prompts_passed_over"] for r in lines]
-    full = load_file(tmp_path / "full" / "checkpoints" / "epoch_00004" / "trainable.safetensors")
-    part = load_file(tmp_path / "part" / "checkpoints" / "epoch_00004" / "trainable.safetensors")
+    full, part = weights(tmp_path / "full", 4), weights(tmp_path / "part", 4)
     for key in full:
         assert torch.equal(full[key], part[key]), key
