@@ -305,3 +305,50 @@ def test_shapes_hue_reward_is_at_least_dense_and_equal_where_every_color_is_draw
     np.testing.assert_allclose(hue[:n_clean], dense[:n_clean])  # clean renders: every color right, nothing to grade
     wrong_color = np.flatnonzero(np.asarray(kinds) == "wrong color") + n_clean
     assert (hue[wrong_color] > dense[wrong_color]).any()  # a wrong color drawn near the named one earns credit
+
+
+# ----------------------------------------------------------------------------- hue-graded success (shapes_success_hue)
+
+def test_hue_fidelity_hand_computed():
+    prompt = spec("a red circle above a blue square", "spatial", ("red", "circle"), ("blue", "square"),
+                  relation="above")
+    off_red = dataclasses.replace(_box(2, 11, 2, 11), fill=(215.0, 65.0, 75.0))  # 30 and 40 off red: d^2 = 2500
+    red_square = dataclasses.replace(_box(2, 11, 20, 29), shape="square", fill=(215.0, 35.0, 35.0))
+    blue = dataclasses.replace(_box(20, 29, 2, 11), color="blue", shape="square", fill=(40.0, 80.0, 230.0))
+    assert scorer.hue_fidelity([off_red, blue], prompt) == pytest.approx((np.exp(-0.5) + 1.0) / 2)
+    assert scorer.hue_fidelity([off_red, blue], prompt, softness=25.0) == pytest.approx((np.exp(-2.0) + 1.0) / 2)
+    # the red circle stands for "a red circle", not the exact-red square beside it; a missing object grades 0
+    assert scorer.hue_fidelity([red_square, off_red, blue], prompt) == pytest.approx((np.exp(-0.5) + 1.0) / 2)
+    assert scorer.hue_fidelity([off_red], prompt) == pytest.approx(np.exp(-0.5) / 2)
+
+
+def red_circle_above_blue_square() -> tuple[PromptSpec, np.ndarray]:
+    """The prompt and three drawings of it: exact colors; the circle's red 25 toward orange (still read as red, so
+    still a success); the relation reversed (a failure)."""
+    prompt = spec("a red circle above a blue square", "spatial", ("red", "circle"), ("blue", "square"),
+                  relation="above")
+    exact = draw(draw(canvas(), "circle", "red", 2, 10, side=10), "square", "blue", 18, 10, side=10)
+    shifted = exact.copy()
+    shifted[(exact == COLORS["red"]).all(axis=-1)] = (215, 60, 35)
+    swapped = draw(draw(canvas(), "circle", "red", 18, 10, side=10), "square", "blue", 2, 10, side=10)
+    return prompt, np.stack([exact, shifted, swapped])
+
+
+def test_shapes_success_hue_grades_successes_by_hue_and_keeps_failures_at_zero():
+    prompt, images = red_circle_above_blue_square()
+    reward = get_reward("shapes_success_hue")(images, [prompt.text] * 3, [prompt.to_metadata()] * 3)
+    success = get_reward("shapes_success")(images, [prompt.text] * 3, [prompt.to_metadata()] * 3)
+    np.testing.assert_array_equal(success, [1.0, 1.0, 0.0])  # the shift does not change the binary score
+    np.testing.assert_allclose(reward, [1.0, (np.exp(-625 / 5000) + 1.0) / 2, 0.0])
+
+
+def test_shapes_success_hue_is_zero_exactly_where_success_is():
+    images, specs = clean_set()
+    wrong_images, wrong_specs, _ = wrong_set()
+    images, specs = np.concatenate([images[::20], wrong_images[::20]]), specs[::20] + wrong_specs[::20]
+    prompts, metadata = [s.text for s in specs], [s.to_metadata() for s in specs]
+    graded = get_reward("shapes_success_hue")(images, prompts, metadata)
+    success = get_reward("shapes_success")(images, prompts, metadata)
+    assert 0 < success.sum() < len(success)
+    np.testing.assert_array_equal(graded > 0, success > 0)
+    assert (graded <= success).all()

@@ -33,3 +33,14 @@ def test_the_45_percent_union_is_the_library_spec_joined_with_plus():
     prompts = load_script(TUNING / "tuning_prompts.py")
     spec = "shapes:spatial_unseen-train-all+shapes:spatial_unseen-train-all+shapes:spatial_train"
     assert load_prompts(spec).all() == prompts.spatial_unseen_twice_and_seen()
+
+
+def test_hue_drift_measures_the_fills_of_successful_images_only():
+    from tests.test_shapes_scorer import red_circle_above_blue_square
+
+    hue_drift = load_script(TUNING / "hue_drift.py")
+    prompt, images = red_circle_above_blue_square()
+    success, fidelity, distances = hue_drift.drift(images, [prompt.text] * 3, [prompt.to_metadata()] * 3)
+    assert success == 2 / 3
+    assert np.isclose(fidelity, np.mean([1.0, (np.exp(-625 / 5000) + 1.0) / 2]))
+    assert distances == {"red": [0.0, 25.0], "blue": [0.0, 0.0]}

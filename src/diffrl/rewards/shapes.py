@@ -9,6 +9,10 @@
   comes to the named color, exp(-d^2 / (2 * 50^2)) in RGB units (1 when it is that color), so that a triangle drawn
   red-orange for "an orange triangle" scores more than a red one: a signal where every sample of a group misses
   the color and the binary terms tie.
+- ``shapes_success_hue``: ``shapes_success`` graded by hue: 0 for a failure, and for a success the mean over the
+  prompt's objects of exp(-d^2 / (2 * 50^2)), d the RGB distance of the object's fill from its named color, so an
+  object that drifts off its hue loses credit before the scorer reads it as another color, and groups whose K
+  samples all succeed still carry a signal.
 - ``shapes_<category>`` (single, color_binding, counting, spatial): the dense score on that
   category's samples and NaN on the others. NaN rather than an error, so that one name works
   on mixed prompt sets: evaluation averages with nanmean (``shapes_spatial`` over
@@ -26,7 +30,7 @@ import numpy as np
 
 from diffrl.errors import DiffrlError
 from diffrl.rewards.base import Reward, register_reward
-from diffrl.shapes.scorer import COLOR_SOFTNESS, graded_batch, score_batch
+from diffrl.shapes.scorer import COLOR_SOFTNESS, graded_batch, score_batch, success_hue_batch
 from diffrl.shapes.world import CATEGORIES, PromptSpec
 
 
@@ -62,6 +66,11 @@ def shapes_hue(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> 
                         color_softness=COLOR_SOFTNESS)
 
 
+def shapes_success_hue(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) 0 where a constraint fails, else how near every object's fill is to its named color, in [0, 1]."""
+    return success_hue_batch(np.asarray(images), _specs(prompts, metadata))
+
+
 def category_reward(category: str) -> Reward:
     """The dense score on `category`'s samples, NaN on the others (see the module docstring)."""
 
@@ -82,5 +91,6 @@ register_reward("shapes")(_factory(shapes_dense))
 register_reward("shapes_success")(_factory(shapes_success))
 register_reward("shapes_graded")(_factory(shapes_graded))
 register_reward("shapes_hue")(_factory(shapes_hue))
+register_reward("shapes_success_hue")(_factory(shapes_success_hue))
 for _category in CATEGORIES:
     register_reward(f"shapes_{_category}")(_factory(category_reward(_category)))

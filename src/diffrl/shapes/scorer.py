@@ -201,7 +201,7 @@ def find_objects(images: np.ndarray) -> list[list[Component]]:
 
 # ----------------------------------------------------------------------------- constraints
 
-def _pick(found: list[Component], color: str, shape: str) -> Component | None:
+def standing_for(found: list[Component], color: str, shape: str) -> Component | None:
     """The object standing for (color, shape): one with both if any, else the largest of the color."""
     of_color = [c for c in found if c.color == color]
     return next((c for c in of_color if c.shape == shape), of_color[0] if of_color else None)
@@ -271,7 +271,7 @@ def constraints(found: list[Component], spec: PromptSpec, relation_softness: flo
         obj, expected = spec.objects[0], int(spec.count)
         checks.append(sum(c.color == obj.color and c.shape == obj.shape for c in found) == expected)
     elif spec.category == "spatial":
-        subject, other = (_pick(found, o.color, o.shape) for o in spec.objects)
+        subject, other = (standing_for(found, o.color, o.shape) for o in spec.objects)
         if subject is None or other is None or subject is other:
             checks.append(False)
         elif relation_softness is None:
@@ -280,6 +280,22 @@ def constraints(found: list[Component], spec: PromptSpec, relation_softness: flo
             checks.append(1 / (1 + np.exp(-relation_margin(subject, other, spec.relation) / relation_softness)))
     checks.append(len(found) == expected)
     return checks
+
+
+def hue_fidelity(found: list[Component], spec: PromptSpec, softness: float = COLOR_SOFTNESS) -> float:
+    """Mean over the prompt's objects of exp(-d^2 / (2 softness^2)), d = the RGB distance of the fill of the object
+    standing for it (`standing_for`) from its named palette color; 0 for an object not found. Unlike `color_match`
+    it grades objects segmented as the right color too, so an object drifting off its hue loses credit before the
+    segmentation calls it another color."""
+    grades = []
+    for obj in spec.objects:
+        picked = standing_for(found, obj.color, obj.shape)
+        if picked is None or picked.fill is None:
+            grades.append(0.0)
+            continue
+        distance_sq = float(np.sum((np.asarray(picked.fill) - COLORS[obj.color]) ** 2))
+        grades.append(float(np.exp(-distance_sq / (2 * softness**2))))
+    return float(np.mean(grades))
 
 
 def score_batch(images: np.ndarray, specs: list[PromptSpec]) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +323,16 @@ def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness:
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
         raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
     return np.asarray([np.mean(constraints(found, spec, relation_softness, color_softness))
+                       for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
+
+
+def success_hue_batch(images: np.ndarray, specs: list[PromptSpec], softness: float = COLOR_SOFTNESS) -> np.ndarray:
+    """Success graded by hue: 0 where a constraint fails, else `hue_fidelity` (how near every object's fill is to its
+    named color): (N,) in [0, 1]. Groups that all fail stay flat; groups that all succeed keep a signal."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
+        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    return np.asarray([hue_fidelity(found, spec, softness) if all(constraints(found, spec)) else 0.0
                        for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
 
