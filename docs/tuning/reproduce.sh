@@ -219,7 +219,7 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
   [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
-  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1" [spk8kl003_spA1250_fix]="1" [spk8kl003c_spA1250_fix]="1 2" [spk8_spA1250_fix]="1" [spk8union_spA1250_fix]="1 2" [spk8union2_spA1250_fix]="1 2 3" [spk8union2b128_spA1250_fix]="1 2" [spk8union2b128skip08_spA1250_fix]="1 2" [spatial_ddp2x96]="1" [spatial_successhue]="1")
+  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1" [spk8kl003_spA1250_fix]="1" [spk8kl003c_spA1250_fix]="1 2" [spk8_spA1250_fix]="1" [spk8union_spA1250_fix]="1 2" [spk8union2_spA1250_fix]="1 2 3" [spk8union2b128_spA1250_fix]="1 2" [spk8union2b128skip08_spA1250_fix]="1 2" [spatial_ddp2x96]="1 2" [spatial_successhue]="1")
 # Rows run by several processes on one machine (torchrun + gloo; torchrun gives each process one thread); a row's
 # seed replicates run as it does.
 declare -A PROCS=([spatial_ddp2x96]=2)

@@ -298,14 +298,20 @@ def hue_fidelity(found: list[Component], spec: PromptSpec, softness: float = COL
     return float(np.mean(grades))
 
 
+def checked_images(images: np.ndarray, specs: list[PromptSpec]) -> np.ndarray:
+    """`images` as an array, after checking it is (N, H, W, 3) with one prompt spec per image."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
+        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    return images
+
+
 def score_batch(images: np.ndarray, specs: list[PromptSpec]) -> tuple[np.ndarray, np.ndarray]:
     """Dense score (fraction of constraints met) and success (all met).
 
     images: (N, H, W, 3) uint8; specs: N prompts -> (dense (N,) float64 in [0, 1], success (N,) bool).
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
-        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    images = checked_images(images, specs)
     checks = [constraints(found, spec) for found, spec in zip(find_objects(images), specs)]
     dense = np.asarray([np.mean(c) for c in checks], dtype=np.float64)
     return dense, np.asarray([all(c) for c in checks], dtype=bool)
@@ -319,9 +325,7 @@ def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness:
     Where a binary constraint only says "held or not", the grade says by how much, so nearly every sample carries
     reward signal about what it missed; with both softnesses None it is the dense score.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
-        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    images = checked_images(images, specs)
     return np.asarray([np.mean(constraints(found, spec, relation_softness, color_softness))
                        for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
@@ -329,9 +333,7 @@ def graded_batch(images: np.ndarray, specs: list[PromptSpec], relation_softness:
 def success_hue_batch(images: np.ndarray, specs: list[PromptSpec], softness: float = COLOR_SOFTNESS) -> np.ndarray:
     """Success graded by hue: 0 where a constraint fails, else `hue_fidelity` (how near every object's fill is to its
     named color): (N,) in [0, 1]. Groups that all fail stay flat; groups that all succeed keep a signal."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(specs):
-        raise ValueError(f"expected (N, H, W, 3) images for {len(specs)} prompts, got {images.shape}")
+    images = checked_images(images, specs)
     return np.asarray([hue_fidelity(found, spec, softness) if all(constraints(found, spec)) else 0.0
                        for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
