@@ -24,7 +24,7 @@ from diffrl.config import Config
 from diffrl.evaluation import sample_evaluation_images
 from diffrl.models.pipeline import load_pipeline
 from diffrl.prompts import load_prompts
-from diffrl.shapes.scorer import constraints, find_objects, hue_fidelity, standing_for
+from diffrl.shapes.scorer import constraints, fill_distance_sq, find_objects, hue_fidelity, standing_for
 from diffrl.shapes.world import COLORS, PromptSpec
 
 
@@ -40,7 +40,7 @@ def drift(images: np.ndarray, texts: list[str], metas: list[dict]) -> tuple[floa
         fidelities.append(hue_fidelity(found, spec))
         for obj in spec.objects:
             fill = standing_for(found, obj.color, obj.shape).fill
-            distances[obj.color].append(float(np.linalg.norm(np.asarray(fill) - COLORS[obj.color])))
+            distances[obj.color].append(float(np.sqrt(fill_distance_sq(fill, obj.color))))
     return len(fidelities) / len(specs), float(np.mean(fidelities)) if fidelities else float("nan"), distances
 
 

@@ -224,15 +224,24 @@ def relation_margin(subject: Component, other: Component, relation: str) -> floa
     raise ValueError(f"unknown relation {relation!r}")
 
 
+def fill_distance_sq(fill: tuple[float, float, float], color: str) -> float:
+    """Squared RGB distance of a measured fill from the palette's `color`."""
+    return float(np.sum((np.asarray(fill) - COLORS[color]) ** 2))
+
+
+def fill_grade(fill: tuple[float, float, float], color: str, softness: float) -> float:
+    """exp(-d^2 / (2 softness^2)), d = the RGB distance of `fill` from the palette's `color`: 1 on it."""
+    return float(np.exp(-fill_distance_sq(fill, color) / (2 * softness**2)))
+
+
 def color_match(component: Component, color: str, softness: float | None = None) -> float:
-    """1 when the component was segmented as `color`; else 0, or with `softness` exp(-d^2 / (2 softness^2)), d = the
-    RGB distance of its fill from the palette's `color`: how near an object of the wrong color came to the named one."""
+    """1 when the component was segmented as `color`; else 0, or with `softness` its `fill_grade`: how near an
+    object of the wrong color came to the named one."""
     if component.color == color:
         return 1.0
     if softness is None or component.fill is None:
         return 0.0
-    distance_sq = float(np.sum((np.asarray(component.fill) - COLORS[color]) ** 2))
-    return float(np.exp(-distance_sq / (2 * softness**2)))
+    return fill_grade(component.fill, color, softness)
 
 
 def relation_holds(subject: Component, other: Component, relation: str) -> bool:
@@ -283,19 +292,12 @@ def constraints(found: list[Component], spec: PromptSpec, relation_softness: flo
 
 
 def hue_fidelity(found: list[Component], spec: PromptSpec, softness: float = COLOR_SOFTNESS) -> float:
-    """Mean over the prompt's objects of exp(-d^2 / (2 softness^2)), d = the RGB distance of the fill of the object
-    standing for it (`standing_for`) from its named palette color; 0 for an object not found. Unlike `color_match`
-    it grades objects segmented as the right color too, so an object drifting off its hue loses credit before the
-    segmentation calls it another color."""
-    grades = []
-    for obj in spec.objects:
-        picked = standing_for(found, obj.color, obj.shape)
-        if picked is None or picked.fill is None:
-            grades.append(0.0)
-            continue
-        distance_sq = float(np.sum((np.asarray(picked.fill) - COLORS[obj.color]) ** 2))
-        grades.append(float(np.exp(-distance_sq / (2 * softness**2))))
-    return float(np.mean(grades))
+    """Mean over the prompt's objects of the `fill_grade` of the object standing for it (`standing_for`) against its
+    named color; 0 for an object not found. Unlike `color_match` it grades objects segmented as the right color too,
+    so an object drifting off its hue loses credit before the segmentation calls it another color."""
+    picked = [standing_for(found, obj.color, obj.shape) for obj in spec.objects]
+    return float(np.mean([fill_grade(c.fill, obj.color, softness) if c is not None and c.fill is not None else 0.0
+                          for c, obj in zip(picked, spec.objects)]))
 
 
 def checked_images(images: np.ndarray, specs: list[PromptSpec]) -> np.ndarray:
