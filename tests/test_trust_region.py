@@ -59,3 +59,33 @@ def test_clip_warning_names_an_annealed_step():
     assert "epoch 34" in annealed and "annealed to 2e-05" in annealed and "inner_epochs" not in annealed
     constant = clip_idle_message(3, {**metrics, "lr": 1e-3}, 9.37e-4, learning_rate=1e-3)
     assert "inner_epochs" in constant and "annealed" not in constant
+
+
+def test_onpolicy_ratios_measure_the_arithmetic(tmp_path, tiny_pipeline_dir, prompt_file, capsys):
+    """Before an epoch's first step sampler and trainer share the weights: the ratios differ from 1 by rounding
+    alone (in fp32 on CPU at most a few 1e-6), and no mismatch warning is given."""
+    recs = [r for r in train(tmp_path, "fp32", tiny_pipeline_dir, prompt_file) if "updates" in r]
+    assert recs and all(0 <= r["ratio_onpolicy_dev"] < 1e-4 for r in recs)
+    assert "before any update" not in capsys.readouterr().out
+
+
+def test_onpolicy_mismatch_warns_once_for_clipped_estimators():
+    from types import SimpleNamespace
+
+    from diffrl.config import Config
+    from diffrl.trainer import warn_if_clipping_idle
+
+    printed = []
+    run = SimpleNamespace(estimator=SimpleNamespace(clipped=True), config=Config(), latent_shape=(4, 8, 8),
+                          warned=set(), counters={"epoch": 3}, accelerator=SimpleNamespace(print=printed.append))
+    quiet = {"updates": 16, "clip_fraction": 0.2, "ratio_onpolicy_dev": 3e-6}
+    warn_if_clipping_idle(run, quiet)
+    assert printed == []
+    noisy = quiet | {"ratio_onpolicy_dev": 5e-4}  # about half the calibrated 9.37e-4: TF32- or bf16-sized
+    warn_if_clipping_idle(run, noisy)
+    warn_if_clipping_idle(run, noisy)
+    assert len(printed) == 1 and "epoch 3" in printed[0] and "53% of the clip range" in printed[0]
+    assert "train.allow_tf32=false" in printed[0]
+    run.estimator.clipped, run.warned = False, set()  # REINFORCE uses no ratio
+    warn_if_clipping_idle(run, noisy)
+    assert len(printed) == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class RunState:
     logger: RunLogger | None = None  # main process only
     saved_epoch: int = 0  # epoch of the newest checkpoint this run wrote or resumed from (0: none)
     save_pending: bool = False  # a checkpoint due while updates were being skipped waits for a clean epoch
-    clip_warned: bool = False  # the warning that PPO clipping never acted, once per run
+    warned: set[str] = field(default_factory=set)  # once-per-run warnings already given
 
     @property
     def eval_key(self) -> str:

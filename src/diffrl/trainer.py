@@ -37,6 +37,10 @@ from diffrl.update import Batch, count_update, pair_loss, resolved_clip_range, u
 __all__ = ["CONFIG_FILE", "RunState", "train", "run_epoch", "pair_loss", "update", "save", "restore",
            "eval_reward_names", "write_config"]
 
+# Before the first step of an epoch the ratios are 1 up to arithmetic: a few 1e-6 in fp32 on CPU. A quarter of the
+# clip range is far above that and far below where the clip's share of the pairs is decided.
+ONPOLICY_DEV_LIMIT = 0.25
+
 
 def train(config: Config, resume: bool = False) -> Path:
     """Run (or resume) RL fine-tuning as configured; returns the run directory."""
@@ -306,13 +310,23 @@ def evaluate(run: RunState, tag: str) -> dict:
 
 
 def warn_if_clipping_idle(run: RunState, metrics: dict) -> None:
-    """Once per run: a trust region that never acts makes PPO plain REINFORCE."""
-    applied = metrics.get("updates", 0) > 0  # an epoch whose updates were all skipped says nothing of the clip
-    if run.estimator.clipped and applied and metrics.get("clip_fraction") == 0 and not run.clip_warned:
-        run.clip_warned = True
-        run.accelerator.print(clip_idle_message(run.counters["epoch"], metrics,
-                                                resolved_clip_range(run.config, run.latent_shape),
+    """Once per run each: a trust region that never acts makes PPO plain REINFORCE; one that acts on ratios the
+    arithmetic moved (sampling and training log-probs differ before any step) clips noise, not policy change."""
+    if not run.estimator.clipped or not metrics.get("updates", 0):  # all-skipped epochs say nothing of the clip
+        return
+    clip_range = resolved_clip_range(run.config, run.latent_shape)
+    if metrics.get("clip_fraction") == 0 and "clip_idle" not in run.warned:
+        run.warned.add("clip_idle")
+        run.accelerator.print(clip_idle_message(run.counters["epoch"], metrics, clip_range,
                                                 run.config.train.learning_rate))
+    drift = metrics.get("ratio_onpolicy_dev", 0.0)
+    if drift > ONPOLICY_DEV_LIMIT * clip_range and "onpolicy_dev" not in run.warned:
+        run.warned.add("onpolicy_dev")
+        run.accelerator.print(
+            f"diffrl: warning: before any update in epoch {run.counters['epoch']} the importance ratios already "
+            f"reach 1 +- {drift:.3g}, {drift / clip_range:.0%} of the clip range {clip_range:.3g}: sampling and "
+            "training compute different log-probs (arithmetic, not learning), so the clip acts on rounding; "
+            "compute in fp32 (train.mixed_precision=no; on GPUs train.allow_tf32=false)")
 
 
 def clip_idle_message(epoch: int, metrics: dict, clip_range: float, learning_rate: float) -> str:

@@ -73,6 +73,8 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
     sums = dict.fromkeys(AVERAGED + ("grad_norm",), 0.0)
     evaluated = drawn = 0
     extremes = {"ratio_min": math.inf, "ratio_max": -math.inf}
+    # Until the first step the weights are the sampler's, so these ratios differ from 1 by arithmetic alone
+    onpolicy_low, onpolicy_high = math.inf, -math.inf
     applied = 0
     for _ in range(inner_epochs(run.config)):
         order = batch.selected[torch.randperm(len(batch.selected), generator=run.train_gen)]
@@ -83,6 +85,8 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
                 pairs = without_zero_advantage(pairs, batch.advantages)
             evaluated += len(pairs.samples) if pairs.weight else 0
             step, low, high = backward(run, batch, pairs, clip_range, loss_fn)
+            if not applied:
+                onpolicy_low, onpolicy_high = min(onpolicy_low, low), max(onpolicy_high, high)
             grad_norm = run.accelerator.clip_grad_norm_(list(run.trainable.values()), t.max_grad_norm)
             # A non-finite loss or gradient never reaches the weights (nor AdamW's moments).
             finite = step_is_finite(run.accelerator, math.isfinite(step["loss"]), grad_norm)
@@ -98,8 +102,9 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
     if not applied:
         extremes = {"ratio_min": math.nan, "ratio_max": math.nan}
+    onpolicy_dev = max(1 - onpolicy_low, onpolicy_high - 1) if math.isfinite(onpolicy_low) else math.nan
     return ({k: v / max(applied, 1) for k, v in sums.items()} | extremes
-            | {"updates": applied, "pairs_evaluated": evaluated / max(drawn, 1)})
+            | {"updates": applied, "pairs_evaluated": evaluated / max(drawn, 1), "ratio_onpolicy_dev": onpolicy_dev})
 
 
 def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:
