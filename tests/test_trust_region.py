@@ -73,19 +73,19 @@ def test_onpolicy_mismatch_warns_once_for_clipped_estimators():
     from types import SimpleNamespace
 
     from diffrl.config import Config
-    from diffrl.trainer import warn_if_clipping_idle
+    from diffrl.trainer import warn_about_trust_region
 
     printed = []
     run = SimpleNamespace(estimator=SimpleNamespace(clipped=True), config=Config(), latent_shape=(4, 8, 8),
                           warned=set(), counters={"epoch": 3}, accelerator=SimpleNamespace(print=printed.append))
     quiet = {"updates": 16, "clip_fraction": 0.2, "ratio_onpolicy_dev": 3e-6}
-    warn_if_clipping_idle(run, quiet)
+    warn_about_trust_region(run, quiet)
     assert printed == []
     noisy = quiet | {"ratio_onpolicy_dev": 5e-4}  # about half the calibrated 9.37e-4: TF32- or bf16-sized
-    warn_if_clipping_idle(run, noisy)
-    warn_if_clipping_idle(run, noisy)
+    warn_about_trust_region(run, noisy)
+    warn_about_trust_region(run, noisy)
     assert len(printed) == 1 and "epoch 3" in printed[0] and "53% of the clip range" in printed[0]
     assert "train.allow_tf32=false" in printed[0]
     run.estimator.clipped, run.warned = False, set()  # REINFORCE uses no ratio
-    warn_if_clipping_idle(run, noisy)
+    warn_about_trust_region(run, noisy)
     assert len(printed) == 1

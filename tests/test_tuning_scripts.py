@@ -44,3 +44,25 @@ def test_hue_drift_measures_the_fills_of_successful_images_only():
     assert success == 2 / 3
     assert np.isclose(fidelity, np.mean([1.0, (np.exp(-625 / 5000) + 1.0) / 2]))
     assert distances == {"red": [0.0, 25.0], "blue": [0.0, 0.0]}
+
+
+def test_soup_compute_averages_each_members_paired_change(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(TUNING))  # as `python docs/tuning/soup_compute.py` has it: it imports seeds.py
+
+    def results(name, scores):
+        out = tmp_path / name
+        out.mkdir()
+        rows = [{"prompt": p, "scores": {"shapes_success": s}} for p, s in zip(["a", "b"], scores)]
+        (out / "results.json").write_text(json.dumps({"per_prompt": rows}))
+        return out
+
+    soup_compute = load_script(TUNING / "soup_compute.py")
+    base = results("base", [0.5, 0.25])
+    one, two = results("one", [0.75, 0.25]), results("two", [0.5, 0.75])
+    label, units, changes = soup_compute.group_changes(base / "results.json", f"soup of 2|2|{one},{two}",
+                                                       "shapes_success")
+    assert (label, units, changes) == ("soup of 2", 2.0, [0.125, 0.25])
+    other_base = results("other_base", [0.75, 0.75])
+    assert soup_compute.group_changes(base / "results.json", f"one|1|{one}|{other_base}", "shapes_success")[2] == [-0.25]

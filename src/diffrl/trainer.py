@@ -60,7 +60,7 @@ def train(config: Config, resume: bool = False) -> Path:
             for epoch in range(counters["epoch"], r.epochs):
                 metrics = run_epoch(epoch, run)  # sample, reward, advantages, update
                 counters["epoch"] = epoch + 1
-                warn_if_clipping_idle(run, metrics)
+                warn_about_trust_region(run, metrics)
                 if r.eval_every and (epoch + 1) % r.eval_every == 0 or epoch + 1 == r.epochs:
                     metrics.update(evaluate(run, "after" if epoch + 1 == r.epochs else f"{epoch + 1:05d}"))
                 collapse = track_eval(counters, metrics, run.eval_key, epoch + 1, r.early_stop_drop)
@@ -309,7 +309,7 @@ def evaluate(run: RunState, tag: str) -> dict:
     return {f"eval/{k}": v for k, v in {n: float(np.nanmean(v)) for n, v in scores.items()}.items()}
 
 
-def warn_if_clipping_idle(run: RunState, metrics: dict) -> None:
+def warn_about_trust_region(run: RunState, metrics: dict) -> None:
     """Once per run each: a trust region that never acts makes PPO plain REINFORCE; one that acts on ratios the
     arithmetic moved (sampling and training log-probs differ before any step) clips noise, not policy change."""
     if not run.estimator.clipped or not metrics.get("updates", 0):  # all-skipped epochs say nothing of the clip

@@ -1,0 +1,72 @@
+"""Held-out gain against training compute, single runs and soups: docs/tuning.md section 37's figure.
+
+    python docs/tuning/soup_compute.py BASE_results.json "LABEL|UNITS|EVAL_DIR,EVAL_DIR,...[|BASE]" ... --plot OUT.png
+
+Each group is one setting: a label, its compute in units of one 40-epoch preset run (a soup of two 40-epoch runs is
+2), the `diffrl evaluate` outputs of its seeds (single runs) or soups, and optionally its own base evaluation (the
+base evaluated on the machine that evaluated the group: same prompts, images and noise). Prints each group's mean paired change
+against the base with the 80% prediction interval over its members, and plots the members and means against the
+compute; labels starting with "soup" are drawn as soups.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from diffrl.report import prediction_interval
+from seeds import per_prompt  # docs/tuning/seeds.py: one `diffrl evaluate` result, prompt by prompt
+
+
+def group_changes(base: Path, spec: str, metric: str) -> tuple[str, float, list[float]]:
+    label, units, dirs, *own_base = spec.split("|")
+    base = Path(own_base[0]) if own_base else base
+    prompts, base_scores = per_prompt(base, metric)
+    changes = []
+    for path in dirs.split(","):
+        run_prompts, scores = per_prompt(Path(path), metric)
+        if run_prompts != prompts:
+            raise SystemExit(f"soup_compute.py: {path} scored other prompts than {base}")
+        changes.append(float(np.mean(scores - base_scores)))
+    return label, float(units), changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path)
+    parser.add_argument("groups", nargs="+", metavar="LABEL|UNITS|DIRS[|BASE]")
+    parser.add_argument("--metric", default="shapes_success")
+    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--title", default="held-out spatial success, change from the base (32 images per prompt)")
+    args = parser.parse_args()
+    groups = [group_changes(args.base, spec, args.metric) for spec in args.groups]
+    for label, units, changes in groups:
+        pi = prediction_interval(changes)
+        spread = f" [{pi['pi_low']:+.3f}, {pi['pi_high']:+.3f}]" if pi["n"] > 1 else ""
+        members = ", ".join(f"{c:+.3f}" for c in changes)
+        print(f"{label:40s} {units:4g} units  mean {pi['mean']:+.3f}{spread} over {pi['n']}  ({members})")
+    if args.plot:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        for label, units, changes in groups:
+            soup = label.startswith("soup")
+            color = "tab:orange" if soup else "tab:blue"
+            ax.scatter([units] * len(changes), changes, s=14, alpha=0.45, color=color,
+                       marker="s" if soup else "o")
+            ax.scatter([units], [np.mean(changes)], s=70, color=color, edgecolor="black", marker="s" if soup else "o")
+            ax.annotate(label, (units, np.mean(changes)), textcoords="offset points", xytext=(6, -3), fontsize=7)
+        ax.axhline(0.20, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("training compute (1 = one 40-epoch preset run, 40,960 images)")
+        ax.set_ylabel("held-out success, paired change")
+        ax.set_title(args.title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
