@@ -6,7 +6,7 @@ Each group is one setting: a label, its compute in units of one 40-epoch preset 
 2), the `diffrl evaluate` outputs of its seeds (single runs) or soups, and optionally its own base evaluation (the
 base evaluated on the machine that evaluated the group: same prompts, images and noise). Prints each group's mean paired change
 against the base with the 80% prediction interval over its members, and plots the members and means against the
-compute; labels starting with "soup" are drawn as soups.
+compute; a label "[soup ]CPU: ..." or "[soup ]GPU: ..." names the kind of run and the machine that trained it.
 """
 from __future__ import annotations
 
@@ -51,14 +51,19 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7.5, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 5))
         for label, units, changes in groups:
-            soup = label.startswith("soup")
-            color = "tab:orange" if soup else "tab:blue"
-            ax.scatter([units] * len(changes), changes, s=14, alpha=0.45, color=color,
-                       marker="s" if soup else "o")
-            ax.scatter([units], [np.mean(changes)], s=70, color=color, edgecolor="black", marker="s" if soup else "o")
-            ax.annotate(label, (units, np.mean(changes)), textcoords="offset points", xytext=(6, -3), fontsize=7)
+            soup, cpu = "soup" in label.split(":")[0], label.startswith(("CPU", "soup CPU"))
+            color, marker = ("tab:orange" if soup else "tab:blue"), ("D" if cpu else "o")
+            ax.scatter([units] * len(changes), changes, s=12, alpha=0.4, color=color, marker=marker)
+            ax.scatter([units], [np.mean(changes)], s=60, color=color, edgecolor="black", marker=marker,
+                       label=f"{'soups' if soup else 'single runs'}, {'CPU' if cpu else 'GPU'}")
+            ax.annotate(label.split(":", 1)[-1].strip(), (units, np.mean(changes)), textcoords="offset points",
+                        xytext=(7, 4 if cpu else -9), fontsize=7)
+        handles, names = ax.get_legend_handles_labels()
+        unique = dict(zip(names, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+        ax.set_xlim(right=ax.get_xlim()[1] * 1.15)
         ax.axhline(0.20, color="gray", linestyle="--", linewidth=0.8)
         ax.set_xlabel("training compute (1 = one 40-epoch preset run, 40,960 images)")
         ax.set_ylabel("held-out success, paired change")
