@@ -44,6 +44,19 @@ def per_prompt(path: Path, metric: str) -> tuple[list[str], np.ndarray]:
     return [r["prompt"] for r in rows], np.array([r["scores"][metric] for r in rows])
 
 
+def paired_changes(base: Path, runs: list[Path], metric: str) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
+    """(prompts, the base's per-prompt scores, each run's per-prompt change from them); exits if a run scored other
+    prompts than the base."""
+    prompts, base_scores = per_prompt(base, metric)
+    changes = []
+    for run in runs:
+        run_prompts, scores = per_prompt(run, metric)
+        if run_prompts != prompts:
+            raise SystemExit(f"{run} scored other prompts than {base}")
+        changes.append(scores - base_scores)
+    return prompts, base_scores, changes
+
+
 def colors_named(prompt: str) -> str:
     """The colors a ShapesWorld prompt names, sorted and joined: "a red circle above an orange square" -> "orange+red"."""
     return "+".join(sorted({obj.split()[0] for obj in named_objects(prompt)}))
@@ -63,14 +76,9 @@ def main() -> None:
                         help="also group prompts by the base's success on them (< 0.15, middle, >= 0.85)")
     parser.add_argument("--per-prompt", action="store_true", help="also print every prompt's base and run values")
     args = parser.parse_args()
-    prompts, base = per_prompt(args.base, args.metric)
-    changes = []
-    for run in args.runs:
-        run_prompts, scores = per_prompt(run, args.metric)
-        if run_prompts != prompts:
-            raise SystemExit(f"seeds.py: {run} scored other prompts than {args.base}")
-        changes.append(scores - base)
-        c = mean_ci(changes[-1])
+    prompts, base, changes = paired_changes(args.base, args.runs, args.metric)
+    for run, change in zip(args.runs, changes):
+        c = mean_ci(change)
         print(f"{str(run):60s} {c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]")
     pi = prediction_interval([c.mean() for c in changes])
     pooled = mean_ci(np.mean(changes, axis=0))

@@ -16,20 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from diffrl.report import prediction_interval
-from seeds import per_prompt  # docs/tuning/seeds.py: one `diffrl evaluate` result, prompt by prompt
+from seeds import paired_changes  # docs/tuning/seeds.py: runs' per-prompt changes from a base
 
 
 def group_changes(base: Path, spec: str, metric: str) -> tuple[str, float, list[float]]:
     label, units, dirs, *own_base = spec.split("|")
     base = Path(own_base[0]) if own_base else base
-    prompts, base_scores = per_prompt(base, metric)
-    changes = []
-    for path in dirs.split(","):
-        run_prompts, scores = per_prompt(Path(path), metric)
-        if run_prompts != prompts:
-            raise SystemExit(f"soup_compute.py: {path} scored other prompts than {base}")
-        changes.append(float(np.mean(scores - base_scores)))
-    return label, float(units), changes
+    _, _, changes = paired_changes(base, [Path(d) for d in dirs.split(",")], metric)
+    return label, float(units), [float(c.mean()) for c in changes]
 
 
 def main() -> None:
