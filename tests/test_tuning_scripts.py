@@ -66,3 +66,13 @@ def test_soup_compute_averages_each_members_paired_change(tmp_path, monkeypatch)
     assert (label, units, changes) == ("soup of 2", 2.0, [0.125, 0.25])
     other_base = results("other_base", [0.75, 0.75])
     assert soup_compute.group_changes(base / "results.json", f"one|1|{one}|{other_base}", "shapes_success")[2] == [-0.25]
+
+
+def test_trajectory_average_weights_checkpoints_uniformly_or_exponentially():
+    average = load_script(TUNING / "trajectory_average.py")
+    assert average.snapshot_weights([1, 2, 3, 4], from_epoch=3) == [0, 0, 0.5, 0.5]
+    # ema_1 = w1, ema_2 = 0.5 ema_1 + 0.5 w2, ema_3 = 0.5 ema_2 + 0.5 w3 = w1 / 4 + w2 / 4 + w3 / 2
+    assert average.snapshot_weights([1, 2, 3], ema=0.5) == [0.25, 0.25, 0.5]
+    assert average.lora_key("down.attn1.to_k.lora_A.default.weight") == "unet.down.attn1.to_k.lora_A.weight"
+    assert (average.lora_key("text_encoder.layers.0.q_proj.lora_B.default.weight")
+            == "text_encoder.layers.0.q_proj.lora_B.weight")
