@@ -1,13 +1,13 @@
-"""Average one run's LoRA weights over its own checkpoints (docs/tuning.md, section 38): the post-hoc form of
-`train.weight_average`, for choosing its setting from one trajectory.
+"""Average one run's LoRA weights over its own checkpoints (docs/tuning.md, section 38): stochastic weight averaging
+or an exponential moving average of the weights, made after the run from its per-epoch checkpoints.
 
     python docs/tuning/trajectory_average.py RUN --from-epoch 30 --out runs/avg/RUN_from30
     python docs/tuning/trajectory_average.py RUN --ema 0.9 --out runs/avg/RUN_ema09
 
 The checkpoints' trainable weights (RUN/checkpoints/epoch_N/trainable.safetensors; keep every epoch with
-`--set run.save_every=1 --set run.keep_checkpoints=1000`) are averaged parameter by parameter, LoRA A and B each, as
-the trainer's running average does, and written as a run directory (lora/ and config.yaml) that `diffrl evaluate --lora` reads (the
-run's own lora/ file gives the key names and the adapter metadata, its config.yaml the base model).
+`--set run.save_every=1 --set run.keep_checkpoints=1000`) are averaged parameter by parameter, LoRA A and B each,
+and written as a run directory (lora/ and config.yaml) that `diffrl evaluate --lora` reads (the run's own lora/
+file gives the key names and the adapter metadata, its config.yaml the base model).
 """
 from __future__ import annotations
 
