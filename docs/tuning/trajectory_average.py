@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from diffrl.soup import LORA_FILE
 
 
 def lora_key(trainable_key: str) -> str:
