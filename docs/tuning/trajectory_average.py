@@ -12,7 +12,6 @@ file gives the key names and the adapter metadata, its config.yaml the base mode
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from diffrl.checkpoint import list_checkpoints
 from diffrl.soup import LORA_FILE
 
 
@@ -30,11 +30,11 @@ def lora_key(trainable_key: str) -> str:
 
 
 def snapshots(run: Path) -> dict[int, Path]:
-    found = {int(m.group(1)): p for p in (run / "checkpoints").glob("epoch_*")
-             if (m := re.fullmatch(r"epoch_(\d+)", p.name)) and (p / "trainable.safetensors").is_file()}
+    """The run's complete checkpoints by epoch, oldest first (`diffrl.checkpoint.list_checkpoints`)."""
+    found = {int(p.name.removeprefix("epoch_")): p for p in list_checkpoints(run)}
     if not found:
-        raise SystemExit(f"error: no checkpoints with trainable.safetensors under {run}/checkpoints")
-    return dict(sorted(found.items()))
+        raise SystemExit(f"error: no complete checkpoints under {run}/checkpoints")
+    return found
 
 
 def snapshot_weights(epochs: list[int], from_epoch: int | None = None, ema: float | None = None) -> list[float]:
@@ -51,9 +51,10 @@ def snapshot_weights(epochs: list[int], from_epoch: int | None = None, ema: floa
     return [ema ** (n - 1)] + [(1 - ema) * ema ** (n - 1 - i) for i in range(1, n)]
 
 
-def average(paths: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
+def average(weighted: list[tuple[Path, float]]) -> dict[str, torch.Tensor]:
+    """The weighted sum of the checkpoints' trainable weights, parameter by parameter."""
     out: dict[str, torch.Tensor] = {}
-    for path, w in zip(paths, weights):
+    for path, w in weighted:
         for key, value in load_file(path / "trainable.safetensors").items():
             out[key] = out.get(key, 0) + value.double() * w
     return {k: v.float() for k, v in out.items()}
@@ -70,8 +71,8 @@ def main() -> None:
     a = p.parse_args()
     snaps = snapshots(a.run)
     weights = snapshot_weights(list(snaps), a.from_epoch, a.ema)
-    chosen = {e: path for (e, path), w in zip(snaps.items(), weights) if w}
-    averaged = average(list(chosen.values()), [w for w in weights if w])
+    chosen = {e: (path, w) for (e, path), w in zip(snaps.items(), weights) if w}
+    averaged = average(list(chosen.values()))
     template = a.run / "lora" / LORA_FILE
     with safe_open(str(template), "pt") as f:
         metadata, keys = f.metadata(), set(f.keys())
