@@ -76,3 +76,32 @@ def test_trajectory_average_weights_checkpoints_uniformly_or_exponentially():
     assert average.lora_key("down.attn1.to_k.lora_A.default.weight") == "unet.down.attn1.to_k.lora_A.weight"
     assert (average.lora_key("text_encoder.layers.0.q_proj.lora_B.default.weight")
             == "text_encoder.layers.0.q_proj.lora_B.weight")
+
+
+def test_lora_geometry_row_space_share_against_hand_computed_values():
+    import sys
+
+    import torch
+    sys.path.insert(0, str(TUNING))  # lora_geometry imports trajectory_average as a sibling script
+    try:
+        geometry = load_script(TUNING / "lora_geometry.py")
+    finally:
+        sys.path.remove(str(TUNING))
+    a1 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)  # rank 1 of 3 inputs: the first axis
+    change = torch.tensor([[3.0, 4.0, 0.0]], dtype=torch.float64)
+    assert geometry.row_space_share(a1, change) == (9.0, 25.0)
+    # the second run's change B2 @ A2 = [[3, 4, 0]]: 9 / 25 of it in the first run's row space, 1 / 3 by chance
+    a2, b2 = torch.tensor([[0.6, 0.8, 0.0]], dtype=torch.float64), torch.tensor([[5.0]], dtype=torch.float64)
+    first, second = {"m.lora_A": (a1, torch.ones(1, 1))}, {"m.lora_A": (a2, b2)}
+    report = geometry.subspace_report(first, second, first, {"m.lora_A": (a1, b2)})
+    assert report["share_in_first_row_space"] == 9 / 25
+    assert abs(report["random_subspace_share"] - 1 / 3) < 1e-12
+    assert report["first_A_cosine_with_start"] == 1.0
+    assert abs(report["second_A_cosine_with_start"] - 0.6) < 1e-12
+
+
+def test_the_study_shell_scripts_parse():
+    import subprocess
+    for script in sorted(TUNING.glob("*.sh")):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"

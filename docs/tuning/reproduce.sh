@@ -196,8 +196,12 @@ declare -A RUNS=(
   [spatial_e40]="--config shapes_spatial --epochs 40 --set run.eval_every=10"
   # section 38: the preset keeping every epoch's checkpoint (docs/tuning/trajectory_average.py averages them), and
   # the same with the dense score added to the success reward; two runs at a time at one thread each
+  # (seeds 2 and 3 of spatial_snap: section 39, side by side for the pair soups and their timing)
   [spatial_snap]="--config shapes_spatial --set run.eval_every=10 --set run.save_every=1 --set run.keep_checkpoints=60"
   [spatial_dense]="--config shapes_spatial --reward shapes_success,shapes --set run.eval_every=10 --set run.save_every=1 --set run.keep_checkpoints=60"
+  # section 39: LoRA rank 16 on the spatial preset, alpha 32 (scale 2) so that a step of B moves B @ A about as far
+  # per element as at rank 4 (peft's Gaussian A has std 1 / rank)
+  [spatial_r16]="--config shapes_spatial --set model.lora_rank=16 --set model.lora_alpha=32 --set run.eval_every=10 --set run.save_every=1 --set run.keep_checkpoints=60"
   # section 18: the demo since 2026-12-02 (`diffrl train`: 20 epochs, the text encoder trained too on builtin:shapes)
   # and the demo it replaced (35 epochs, UNet only), alone on the 2 cores
   [demo_te20]="--epochs 20 --set model.train_text_encoder=true --set run.threads=2"
@@ -226,7 +230,7 @@ declare -A SEEDS=([demo]="1" [demo_lr5e-4]="1" [old_defaults]="1" [h_demo]="1" [
   [h_k2p128]="1" [h_r16]="1" [h_clip2x]="1 2 3"
   [sp1000_success_w1_cos]="1" [sp1000_success_w1_cos_te]="1 2" [spall_w1_cos]="1 2" [spall_w1_cos_te_lr2]="1 2" [spall_w1_cos_te_lr2_k8]="1 2" [spall_w1_cos_te_lr2_k8e45]="1 2" [spall_w1_cos_te_lr2_k8w96]="1 2" [demo_te20]="1 2 3 4" [demo_te20_all]="1 2"
   [demo_te40]="1 2" [demo_cos40]="1 2 3" [demo_te20_hue]="1" [demo_te20_mix]="1"
-  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1" [spk8kl003_spA1250_fix]="1" [spk8kl003c_spA1250_fix]="1 2" [spk8_spA1250_fix]="1" [spk8union_spA1250_fix]="1 2" [spk8union2_spA1250_fix]="1 2 3" [spk8union2b128_spA1250_fix]="1 2" [spk8union2b128skip08_spA1250_fix]="1 2" [spatial_ddp2x96]="1 2" [spatial_successhue]="1" [spatial_e40]="1 2 3 4 5" [spatial_snap]="1" [spatial_dense]="1")
+  [spk8ship]="1 2" [spk8ship_unet]="2" [spk8union]="1 2" [spk8cover]="2" [spk8kl003]="1 2" [spk8kl003wide]="1" [spk8kl003_spA1250_fix]="1" [spk8kl003c_spA1250_fix]="1 2" [spk8_spA1250_fix]="1" [spk8union_spA1250_fix]="1 2" [spk8union2_spA1250_fix]="1 2 3" [spk8union2b128_spA1250_fix]="1 2" [spk8union2b128skip08_spA1250_fix]="1 2" [spatial_ddp2x96]="1 2" [spatial_successhue]="1" [spatial_e40]="1 2 3 4 5" [spatial_snap]="1 2 3" [spatial_dense]="1" [spatial_r16]="1")
 # Rows run by several processes on one machine (torchrun + gloo; torchrun gives each process one thread); a row's
 # seed replicates run as it does.
 declare -A PROCS=([spatial_ddp2x96]=2)
