@@ -63,9 +63,10 @@ def main() -> None:
     p.add_argument("runs", type=Path, nargs="+")
     p.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 30, 40, 50, 60])
     a = p.parse_args()
-    changes = {}
+    changes, checkpoints = {}, []
     for run in a.runs:
         found = snapshots(run)
+        checkpoints.append(found)
         epochs = [e for e in a.epochs if e in found]
         changes[run] = {e: product_change(found[e]) for e in epochs}
         d, last = changes[run], changes[run][epochs[-1]]
@@ -76,10 +77,11 @@ def main() -> None:
     if len(a.runs) == 2:
         one, two = changes.values()
         print("cosine between the runs", " ".join(f"{e}:{cosine(one[e], two[e]):.3f}" for e in one if e in two))
-        found = [snapshots(run) for run in a.runs]
         last = max(set(one) & set(two))
-        report = subspace_report(*(lora_pairs(f[last]) for f in found), *(lora_pairs(f[min(f)]) for f in found))
-        print(f"at epoch {last} (A against each run's epoch {min(found[0])} / {min(found[1])}):",
+        ends = [lora_pairs(found[last]) for found in checkpoints]
+        starts = [lora_pairs(found[min(found)]) for found in checkpoints]
+        report = subspace_report(*ends, *starts)
+        print(f"at epoch {last} (A against each run's epoch {min(checkpoints[0])} / {min(checkpoints[1])}):",
               " ".join(f"{k} {v:.3f}" for k, v in report.items()))
 
 
