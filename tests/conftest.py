@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,15 @@ WORDS = ["a", "an", "red", "green", "blue", "yellow", "circle", "square", "trian
 
 
 def load_script(path: Path):
-    """The module of a script outside the package (benchmarks/, docs/tuning/: script directories, not packages)."""
+    """The module of a script outside the package (benchmarks/, docs/tuning/: script directories, not packages),
+    loaded with its directory on sys.path as `python SCRIPT` would, so its imports of sibling scripts resolve."""
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -79,14 +79,8 @@ def test_trajectory_average_weights_checkpoints_uniformly_or_exponentially():
 
 
 def test_lora_geometry_row_space_share_against_hand_computed_values():
-    import sys
-
     import torch
-    sys.path.insert(0, str(TUNING))  # lora_geometry imports trajectory_average as a sibling script
-    try:
-        geometry = load_script(TUNING / "lora_geometry.py")
-    finally:
-        sys.path.remove(str(TUNING))
+    geometry = load_script(TUNING / "lora_geometry.py")  # imports trajectory_average, a sibling script
     a1 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)  # rank 1 of 3 inputs: the first axis
     change = torch.tensor([[3.0, 4.0, 0.0]], dtype=torch.float64)
     assert geometry.row_space_share(a1, change) == (9.0, 25.0)
