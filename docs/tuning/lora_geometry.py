@@ -26,9 +26,9 @@ def lora_pairs(checkpoint: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]
             for key in sorted(k for k in weights if ".lora_A." in k)}
 
 
-def product_change(checkpoint: Path) -> torch.Tensor:
-    """The flattened B @ A of every LoRA module of a checkpoint's trainable weights, in float64."""
-    return torch.cat([(b @ a).flatten() for a, b in lora_pairs(checkpoint).values()])
+def product_change(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """The flattened B @ A of every LoRA module (`lora_pairs` of a checkpoint), stacked."""
+    return torch.cat([(b @ a).flatten() for a, b in pairs.values()])
 
 
 def row_space_share(a: torch.Tensor, change: torch.Tensor) -> tuple[float, float]:
@@ -63,12 +63,14 @@ def main() -> None:
     p.add_argument("runs", type=Path, nargs="+")
     p.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20, 30, 40, 50, 60])
     a = p.parse_args()
-    changes, checkpoints = {}, []
+    changes, loaded, starts = {}, [], []
     for run in a.runs:
         found = snapshots(run)
-        checkpoints.append(found)
         epochs = [e for e in a.epochs if e in found]
-        changes[run] = {e: product_change(found[e]) for e in epochs}
+        pairs = {e: lora_pairs(found[e]) for e in epochs}
+        loaded.append(pairs)
+        starts.append((min(found), lora_pairs(found[min(found)])))
+        changes[run] = {e: product_change(pairs[e]) for e in epochs}
         d, last = changes[run], changes[run][epochs[-1]]
         print(f"{run.name}: norm", " ".join(f"{e}:{d[e].norm():.3f}" for e in epochs))
         print(f"{run.name}: cosine with epoch {epochs[-1]}", " ".join(f"{e}:{cosine(d[e], last):.2f}" for e in epochs))
@@ -78,10 +80,8 @@ def main() -> None:
         one, two = changes.values()
         print("cosine between the runs", " ".join(f"{e}:{cosine(one[e], two[e]):.3f}" for e in one if e in two))
         last = max(set(one) & set(two))
-        ends = [lora_pairs(found[last]) for found in checkpoints]
-        starts = [lora_pairs(found[min(found)]) for found in checkpoints]
-        report = subspace_report(*ends, *starts)
-        print(f"at epoch {last} (A against each run's epoch {min(checkpoints[0])} / {min(checkpoints[1])}):",
+        report = subspace_report(*(pairs[last] for pairs in loaded), *(pairs for _, pairs in starts))
+        print(f"at epoch {last} (A against each run's epoch {starts[0][0]} / {starts[1][0]}):",
               " ".join(f"{k} {v:.3f}" for k, v in report.items()))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two seeds of the spatial preset side by side, one torch thread each (a 2-core machine: one core each), then the
-# soup of the two (docs/tuning.md, section 39). About 52-55 min of wall time on 2 cores.
+# soup of the two (docs/tuning.md, section 39: 51.4 min of wall time on 2 cores, nothing else running).
 #
 #   bash docs/tuning/spatial_pair_soup.sh OUT [FIRST_SEED]     # seeds FIRST_SEED and FIRST_SEED + 1 (default 0, 1)
 #   diffrl evaluate --lora OUT/soup --prompts shapes:spatial_unseen-val --images-per-prompt 32 --baseline BASE.json
