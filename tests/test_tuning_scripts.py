@@ -99,3 +99,18 @@ def test_the_study_shell_scripts_parse():
     for script in sorted(TUNING.glob("*.sh")):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+def test_pair_soups_jackknife_over_seeds_against_hand_computed_values():
+    import pytest
+    pair_soups = load_script(TUNING / "pair_soups.py")
+    # seed 3 adds 0.3 to every pair it is in: the all-pairs mean is 0.9 / 6 = 0.15; leaving seed 0, 1 or 2 out gives
+    # 0.6 / 3 = 0.2, leaving seed 3 out gives 0, so the variance is 3/4 * (3 * 0.05^2 + 0.15^2) = 0.0225, se 0.15
+    values = {(i, j): 0.3 * (j == 3) for i in range(4) for j in range(i + 1, 4)}
+    jk = pair_soups.pair_mean_jackknife(values, 4, level=0.8)
+    assert jk["mean"] == pytest.approx(0.15) and jk["se"] == pytest.approx(0.15) and jk["n_pairs"] == 6
+    assert jk["high"] - jk["mean"] == pytest.approx(1.637744 * 0.15, abs=1e-6)  # t_{0.9, 3} = 1.637744
+    three = pair_soups.pair_mean_jackknife({(0, 1): 0.1, (0, 2): 0.2, (1, 2): 0.3}, 3)
+    assert three["se"] == pytest.approx((2 / 3 * 0.02) ** 0.5)  # leave-one-out means 0.3, 0.2, 0.1
+    with pytest.raises(ValueError):
+        pair_soups.pair_mean_jackknife({(0, 1): 0.1, (0, 2): 0.2}, 3)  # pair (1, 2) missing
