@@ -12,6 +12,9 @@ the base (its 95% CI over prompts), and two summaries of what one pair soup gain
   members, so they are not independent replicates and an interval over pairs would be too narrow;
 - the disjoint pairs in the order given (1+2, 3+4, ...), independent replicates, with their 80% prediction
   interval (where one more pair would fall).
+--select-by-reward FIRST-LAST adds a selection scheme measured without the held-out prompts: each run's training
+reward over those epochs, its correlation with the runs' held-out changes, and what keeping the two of every three
+seeds with the higher training reward and souping them would gain (the pairs' evaluations, no new runs).
 BASE_RESULTS.json must be the base's evaluation with the same prompts, images per prompt and sampling.
 """
 from __future__ import annotations
@@ -44,6 +47,22 @@ def pair_mean_jackknife(values: dict[tuple[int, int], float], n: int, level: flo
     se = math.sqrt((n - 1) / n * float(((left_out - left_out.mean()) ** 2).sum()))
     half = t_quantile((1 + level) / 2, n - 1) * se
     return {"mean": mean, "se": se, "low": mean - half, "high": mean + half, "n_seeds": n, "n_pairs": len(pairs)}
+
+
+def best_two_of_three(values: dict[tuple[int, int], float], scores: list[float]) -> list[float]:
+    """For every triple of seeds, the value of its pair with the two highest scores (a scheme that trains three seeds,
+    keeps the two that score best on something measured during training, and soups them)."""
+    chosen = []
+    for triple in itertools.combinations(range(len(scores)), 3):
+        i, j = sorted(sorted(triple, key=lambda k: -scores[k])[:2])
+        chosen.append(values[(i, j)])
+    return chosen
+
+
+def training_reward(run: Path, first: int, last: int) -> float:
+    """The run's mean training reward over epochs first..last (metrics.jsonl's reward_mean)."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return float(np.mean([r["reward_mean"] for r in rows if "reward_mean" in r and first <= r["epoch"] <= last]))
 
 
 def paired_change(results: Path, metric: str) -> dict:
@@ -79,6 +98,9 @@ def main() -> None:
     parser.add_argument("--metric", default="shapes_success")
     parser.add_argument("--jobs", type=int, default=2, help="evaluations at once (each at one torch thread)")
     parser.add_argument("--eval-arg", action="append", default=[], help="one more `diffrl evaluate` argument")
+    parser.add_argument("--select-by-reward", metavar="FIRST-LAST",
+                        help="also: each run's training reward over these epochs against its held-out change, and the "
+                             "mean over every triple of seeds of the pair with the two highest such rewards")
     args = parser.parse_args()
     names = [run.name for run in args.runs]
     if len(set(names)) < len(names):
@@ -105,6 +127,14 @@ def main() -> None:
         print(f"disjoint pairs ({', '.join(f'{v:+.3f}' for v in disjoint)}): mean {pi['mean']:+.3f}, 80% prediction "
               f"interval [{pi['pi_low']:+.3f}, {pi['pi_high']:+.3f}]; mean's 80% CI "
               f"[{mean_ci(disjoint, 0.8)['ci_low']:+.3f}, {mean_ci(disjoint, 0.8)['ci_high']:+.3f}]")
+    if args.select_by_reward and len(names) >= 3:
+        first, last = map(int, args.select_by_reward.split("-"))
+        rewards = [training_reward(run, first, last) for run in args.runs]
+        gains = [changes[n]["mean"] for n in names]
+        chosen = best_two_of_three(by_pair, rewards)
+        print(f"training reward over epochs {first}-{last}: {', '.join(f'{r:.3f}' for r in rewards)}; correlation with "
+              f"the runs' held-out changes {np.corrcoef(rewards, gains)[0, 1]:+.2f}; the best two of every three seeds "
+              f"by it, souped: mean {np.mean(chosen):+.3f} over {len(chosen)} triples")
 
 
 if __name__ == "__main__":
