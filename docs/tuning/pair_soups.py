@@ -109,7 +109,8 @@ def main() -> None:
     jobs = [(names[i], [args.runs[i]]) for i in range(len(args.runs))]
     jobs += [(f"{names[i]}+{names[j]}", [args.runs[i], args.runs[j]]) for i, j in pairs]
     with ThreadPoolExecutor(args.jobs) as pool:
-        changes = {name: paired_change(r, args.metric) for (name, _), r in zip(jobs, pool.map(lambda j: evaluate(j, args), jobs))}
+        results = list(pool.map(lambda job: evaluate(job, args), jobs))
+    changes = {name: paired_change(r, args.metric) for (name, _), r in zip(jobs, results)}
     for name, c in changes.items():
         print(f"{name:50s} {c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]")
     singles = prediction_interval([changes[n]["mean"] for n in names])
@@ -123,10 +124,10 @@ def main() -> None:
               f"{max(by_pair.values()):+.3f}]")
     disjoint = [by_pair[(i, i + 1)] for i in range(0, len(names) - 1, 2)]
     if len(disjoint) > 1:
-        pi = prediction_interval(disjoint)
+        pi, ci = prediction_interval(disjoint), mean_ci(disjoint, 0.8)
         print(f"disjoint pairs ({', '.join(f'{v:+.3f}' for v in disjoint)}): mean {pi['mean']:+.3f}, 80% prediction "
-              f"interval [{pi['pi_low']:+.3f}, {pi['pi_high']:+.3f}]; mean's 80% CI "
-              f"[{mean_ci(disjoint, 0.8)['ci_low']:+.3f}, {mean_ci(disjoint, 0.8)['ci_high']:+.3f}]")
+              f"interval [{pi['pi_low']:+.3f}, {pi['pi_high']:+.3f}]; mean's 80% CI [{ci['ci_low']:+.3f}, "
+              f"{ci['ci_high']:+.3f}]")
     if args.select_by_reward and len(names) >= 3:
         first, last = map(int, args.select_by_reward.split("-"))
         rewards = [training_reward(run, first, last) for run in args.runs]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two seeds of the spatial preset side by side, one torch thread each (a 2-core machine: one core each), then the
 # soup of the two (docs/tuning.md, sections 39-40: 51.4 min of wall time on 2 cores, nothing else running; +0.186 held
-# out on average over 28 pairs of eight seeds, the seeds 0 and 1 +0.184). Prints each
-# run's epoch once a minute; each run's own output is in OUT/seedN.log.
+# out on average over 28 pairs of eight seeds, the seeds 0 and 1 +0.184). Prints each run's epoch once a minute; each
+# run's own output is in OUT/seedN.log.
 #
 #   bash docs/tuning/spatial_pair_soup.sh OUT [FIRST_SEED]     # seeds FIRST_SEED and FIRST_SEED + 1 (default 0, 1)
 #   diffrl evaluate --lora OUT/soup --prompts shapes:spatial_unseen-val --images-per-prompt 32 --baseline BASE.json
