@@ -119,5 +119,6 @@ def test_pair_soups_jackknife_over_seeds_against_hand_computed_values():
 def test_pair_soups_keeps_the_two_best_scored_seeds_of_every_triple():
     pair_soups = load_script(TUNING / "pair_soups.py")
     values = {(0, 1): 0.1, (0, 2): 0.2, (0, 3): 0.3, (1, 2): 0.4, (1, 3): 0.5, (2, 3): 0.6}
-    # scores rank the seeds 3 > 1 > 0 > 2: triples (0,1,2) -> (0,1), (0,1,3) -> (1,3), (0,2,3) -> (0,3), (1,2,3) -> (1,3)
+    # scores rank the seeds 3 > 1 > 0 > 2, so the triples keep
+    # (0,1,2) -> (0,1), (0,1,3) -> (1,3), (0,2,3) -> (0,3), (1,2,3) -> (1,3)
     assert pair_soups.best_two_of_three(values, [0.5, 0.7, 0.1, 0.9]) == [0.1, 0.5, 0.3, 0.5]
