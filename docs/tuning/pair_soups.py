@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrl.report import mean_ci, prediction_interval, t_quantile
+from diffrl.runlog import read_metrics
 
 
 def pair_mean_jackknife(values: dict[tuple[int, int], float], n: int, level: float = 0.8) -> dict:
@@ -61,8 +62,8 @@ def best_two_of_three(values: dict[tuple[int, int], float], scores: list[float])
 
 def training_reward(run: Path, first: int, last: int) -> float:
     """The run's mean training reward over epochs first..last (metrics.jsonl's reward_mean)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return float(np.mean([r["reward_mean"] for r in rows if "reward_mean" in r and first <= r["epoch"] <= last]))
+    rewards = [r["reward_mean"] for r in read_metrics(run) if "reward_mean" in r and first <= r["epoch"] <= last]
+    return float(np.mean(rewards))
 
 
 def paired_change(results: Path, metric: str) -> dict:
