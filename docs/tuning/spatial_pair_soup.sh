@@ -4,16 +4,19 @@
 # out on average over 28 pairs of eight seeds, the seeds 0 and 1 +0.184). Prints each run's epoch once a minute; each
 # run's own output is in OUT/seedN.log.
 #
-#   bash docs/tuning/spatial_pair_soup.sh OUT [FIRST_SEED]     # seeds FIRST_SEED and FIRST_SEED + 1 (default 0, 1)
+#   bash docs/tuning/spatial_pair_soup.sh OUT [FIRST_SEED [SECOND_SEED [TRAIN_ARG...]]]
+#       # seeds FIRST_SEED (default 0) and SECOND_SEED (default FIRST_SEED + 1); TRAIN_ARGs go to both `diffrl train`s,
+#       # e.g. --set train.adam_beta1=0.95
 #   diffrl evaluate --lora OUT/soup --prompts shapes:spatial_unseen-val --images-per-prompt 32 --baseline BASE.json
 set -euo pipefail
-out=${1:?usage: spatial_pair_soup.sh OUT [FIRST_SEED]}
+out=${1:?usage: spatial_pair_soup.sh OUT [FIRST_SEED [SECOND_SEED [TRAIN_ARG...]]]}
 first=${2:-0}
-seeds=("$first" "$((first + 1))")
+seeds=("$first" "${3:-$((first + 1))}")
+shift $(($# < 3 ? $# : 3))
 mkdir -p "$out"
 pids=()
 for seed in "${seeds[@]}"; do
-  diffrl train --config shapes_spatial --seed "$seed" --set run.threads=1 --set run.progress=false \
+  diffrl train --config shapes_spatial --seed "$seed" --set run.threads=1 --set run.progress=false "$@" \
       --out "$out/seed$seed" > "$out/seed$seed.log" 2>&1 &
   pids+=($!)
 done

@@ -86,8 +86,15 @@ def train(config: Config, resume: bool = False) -> Path:
 
 def leave_together(run: RunState) -> None:
     """Barrier, then tear the process group down on every rank: a rank that exits while its peer still holds
-    gloo connections can abort in the peer's destructor (SIGABRT instead of the agreed exit code)."""
+    gloo connections can abort in the peer's destructor (SIGABRT instead of the agreed exit code).
+
+    The DDP wrappers go first. Their reducer holds the process group, and if it is the last holder, gloo's
+    destructor joins its worker threads with the GIL held; a worker still freeing a collective's Python tensor waits
+    for the GIL, and the rank hangs after its work is done (pytorch/pytorch#56297; seen under CPU contention). Freed
+    by destroy_process_group instead, the group is destroyed with the GIL released."""
     run.accelerator.wait_for_everyone()
+    run.train_policy, run.train_text_encoder = run.policy, None  # the run is over: nothing trains through them
+    run.accelerator.free_memory()  # accelerate's own references to the wrappers, then a garbage collection
     run.accelerator.end_training()
 
 
