@@ -2,8 +2,8 @@
 
 Runs `tests/test_distributed.py`'s `[loop-text-encoder]` command (torchrun, 2 processes, gloo, a tiny random SD
 pipeline, 2 epochs) ROUNDS times, with BUSY busy-loop processes beside it, and counts the rounds that did not exit
-within TIMEOUT seconds. A hung round's workers are killed. docs/reliability.md ("Distributed") reports the counts
-before and after `trainer.leave_together` released the DDP wrappers ahead of the process group.
+within TIMEOUT seconds. A hung round's workers are killed. docs/reliability.md ("Distributed") reports how often the
+same command hung before and after `trainer.leave_together` released the DDP wrappers ahead of the process group.
 
     python benchmarks/teardown_stress.py --rounds 40 --busy 2
     python benchmarks/teardown_stress.py --rounds 40 --busy 2 --src /tmp/old_checkout/src   # another diffrl
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.conftest import WORDS  # noqa: E402  (the test suite's tiny-pipeline vocabulary)
-from tests.torchrun_guard import free_port  # noqa: E402
+from tests.torchrun_guard import free_port, kill_tree  # noqa: E402
 
 
 def busy_loop() -> None:
@@ -46,7 +45,7 @@ def one_round(work: Path, pipeline: Path, prompts: Path, src: Path | None, timeo
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc)
         proc.wait()
         return "hung"
     return "ok" if rc == 0 else f"failed (rc {rc})"
