@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.conftest import WORDS  # noqa: E402  (the test suite's tiny-pipeline vocabulary)
-from tests.torchrun_guard import free_port, kill_tree  # noqa: E402
+from tests.torchrun_guard import kill_tree, two_process_train_command  # noqa: E402
 
 
 def busy_loop() -> None:
@@ -32,13 +32,8 @@ def busy_loop() -> None:
 
 def one_round(work: Path, pipeline: Path, prompts: Path, src: Path | None, timeout: float) -> str:
     """'ok', 'failed (rc N)' or 'hung'."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "diffrl.cli", "train",
-           "--model", str(pipeline), "--prompts", str(prompts), "--reward", "brightness", "--algo", "loop",
-           "--epochs", "2", "--out", str(work / "run"), "--k", "2", "--set", "sample.num_steps=2",
-           "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
-           "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2",
-           "--set", "model.train_text_encoder=true"]
+    cmd = two_process_train_command(pipeline, prompts, work / "run", "--algo", "loop",
+                                    "--set", "model.train_text_encoder=true")  # the test's [loop-text-encoder]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(src or ROOT / "src")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -1,12 +1,11 @@
 """Two CPU processes (torchrun + gloo): replicas stay identical, only rank 0 writes, no hang at save."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.torchrun_guard import free_port, run_torchrun
+from tests.torchrun_guard import run_torchrun, two_process_train_command
 
 
 @pytest.mark.parametrize("algo, extra", [("ppo", []), ("loop", []),
@@ -14,14 +13,8 @@ from tests.torchrun_guard import free_port, run_torchrun
                          ids=["ppo", "loop", "loop-text-encoder"])
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file, tmp_path, algo, extra):
     out = tmp_path / "dist"
-    torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    port = free_port()
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "diffrl.cli", "train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file),
-           "--reward", "brightness", "--algo", algo, "--epochs", "2", "--out", str(out), "--k", "2",
-           "--set", "sample.num_steps=2", "--set", "train.min_noise_std=0", "--set", "sample.prompts_per_batch=2", "--set", "run.eval_prompts=none",
-           "--set", "run.progress=false", "--set", "run.save_every=1", "--set", "train.learning_rate=1e-2", *extra]
+    cmd = two_process_train_command(tiny_pipeline_dir, prompt_file, out, "--algo", algo, *extra)
     # On a shared 2-core machine two processes took over 4 minutes once.
     result = run_torchrun(cmd, env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

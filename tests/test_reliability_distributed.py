@@ -90,7 +90,7 @@ print("group destroyed:", not dist.is_initialized())
 def test_leave_together_releases_the_ddp_wrappers_before_the_process_group():
     """DDP's reducer must not be the last holder of the process group: destroyed from the reducer, gloo's destructor
     joins its worker threads with the GIL held, and a worker still freeing a Python tensor hangs the rank after its
-    run has finished (benchmarks/teardown_stress.py: 2 hangs in 40 two-process runs under contention before)."""
+    run has finished (2 hangs in 40 contended two-process runs before the fix: docs/reliability.md)."""
     env = {**os.environ, "PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", TEARDOWN], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
