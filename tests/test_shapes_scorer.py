@@ -342,6 +342,38 @@ def test_shapes_success_hue_grades_successes_by_hue_and_keeps_failures_at_zero()
     np.testing.assert_allclose(reward, [1.0, (np.exp(-625 / 5000) + 1.0) / 2, 0.0])
 
 
+# ----------------------------------------------------------------------------- success with a color margin (shapes_success_strict)
+
+def test_color_radius_hand_computed():
+    # red's nearest other palette color is orange, (245, 130, 20) - (215, 35, 35) = (30, 95, -15): |.|^2 = 10150
+    assert scorer.color_radius("red") == pytest.approx(0.3 * np.sqrt(10150))
+    # orange's is yellow, (-5, 85, 10): 7350; green's is blue, (0, -85, 180): 39625
+    assert scorer.color_radius("orange", margin=0.5) == pytest.approx(0.5 * np.sqrt(7350))
+    assert scorer.color_radius("green") == pytest.approx(0.3 * np.sqrt(39625))
+
+
+def test_shapes_success_strict_fails_a_success_whose_hue_drifted_past_the_margin():
+    prompt, images = red_circle_above_blue_square()  # exact; red 25 toward orange; relation reversed
+    drifted = images[1].copy()
+    drifted[(images[0] == COLORS["red"]).all(axis=-1)] = (215, 70, 35)  # 35 toward orange: past red's 30.2
+    images = np.concatenate([images, drifted[None]])
+    prompts, metadata = [prompt.text] * 4, [prompt.to_metadata()] * 4
+    np.testing.assert_array_equal(get_reward("shapes_success")(images, prompts, metadata), [1.0, 1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(get_reward("shapes_success_strict")(images, prompts, metadata),
+                                  [1.0, 1.0, 0.0, 0.0])
+
+
+def test_colors_within_margin_needs_every_named_object():
+    prompt = spec("a red circle above a blue square", "spatial", ("red", "circle"), ("blue", "square"),
+                  relation="above")
+    red = dataclasses.replace(_box(2, 11, 2, 11), fill=(215.0, 60.0, 35.0))  # 25 off red
+    blue = dataclasses.replace(_box(20, 29, 2, 11), color="blue", shape="square", fill=(40.0, 80.0, 230.0))
+    assert scorer.colors_within_margin([red, blue], prompt)
+    assert not scorer.colors_within_margin([red, blue], prompt, margin=0.2)  # red's radius 20.2 < 25
+    assert not scorer.colors_within_margin([red], prompt)  # no blue square drawn
+    assert not scorer.colors_within_margin([dataclasses.replace(red, fill=None), blue], prompt)
+
+
 def test_shapes_success_hue_is_zero_exactly_where_success_is():
     images, specs = clean_set()
     wrong_images, wrong_specs, _ = wrong_set()

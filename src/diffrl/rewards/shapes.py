@@ -13,6 +13,10 @@
   prompt's objects of exp(-d^2 / (2 * 50^2)), d the RGB distance of the object's fill from its named color, so an
   object that drifts off its hue loses credit before the scorer reads it as another color, and groups whose K
   samples all succeed still carry a signal.
+- ``shapes_success_strict``: ``shapes_success`` with every color read with a margin: a success counts only where
+  each object's fill lies within 30% of the way from its named color to the nearest other palette color (red: 30
+  RGB units toward orange), so a hue that drifts toward its neighbor fails with the full weight of a failure, not a
+  small grade (docs/tuning.md, section 42).
 - ``shapes_<category>`` (single, color_binding, counting, spatial): the dense score on that
   category's samples and NaN on the others. NaN rather than an error, so that one name works
   on mixed prompt sets: evaluation averages with nanmean (``shapes_spatial`` over
@@ -30,7 +34,8 @@ import numpy as np
 
 from diffrl.errors import DiffrlError
 from diffrl.rewards.base import Reward, register_reward
-from diffrl.shapes.scorer import COLOR_SOFTNESS, graded_batch, score_batch, success_hue_batch
+from diffrl.shapes.scorer import (COLOR_SOFTNESS, graded_batch, score_batch, strict_success_batch,
+                                  success_hue_batch)
 from diffrl.shapes.world import CATEGORIES, PromptSpec
 
 
@@ -71,6 +76,11 @@ def shapes_success_hue(images: np.ndarray, prompts: list[str], metadata: list[di
     return success_hue_batch(np.asarray(images), _specs(prompts, metadata))
 
 
+def shapes_success_strict(images: np.ndarray, prompts: list[str], metadata: list[dict]) -> np.ndarray:
+    """(N,) 1.0 where every constraint is met and every object's fill is near its named color, else 0.0."""
+    return strict_success_batch(np.asarray(images), _specs(prompts, metadata))
+
+
 def category_reward(category: str) -> Reward:
     """The dense score on `category`'s samples, NaN on the others (see the module docstring)."""
 
@@ -92,5 +102,6 @@ register_reward("shapes_success")(_factory(shapes_success))
 register_reward("shapes_graded")(_factory(shapes_graded))
 register_reward("shapes_hue")(_factory(shapes_hue))
 register_reward("shapes_success_hue")(_factory(shapes_success_hue))
+register_reward("shapes_success_strict")(_factory(shapes_success_strict))
 for _category in CATEGORIES:
     register_reward(f"shapes_{_category}")(_factory(category_reward(_category)))

@@ -56,6 +56,10 @@ RELATION_SOFTNESS = 2.0  # px: the graded relation (shapes_graded) goes from 0.2
 # RGB units: the graded color (shapes_hue) of a fill halfway from red to orange (~50 away) is 0.61, of a red fill
 # for "orange" (101 away) 0.13, of a yellow one (86 away) 0.23; every other pair of palette colors is >= 112 apart.
 COLOR_SOFTNESS = 50.0
+# shapes_success_strict reads each object's color with a margin: its fill must lie within this fraction of the way
+# from its named color to the nearest other palette color (red 30 RGB units: 0.3 x its 101 to orange; orange and
+# yellow 26, blue and purple 34, green 60). docs/tuning.md, section 42, measures the base model against it.
+COLOR_MARGIN = 0.3
 # Shape thresholds on the features of `shape_features`, measured on 900 single-object renders
 # (clean | blur sigma 0.8 + color noise std 15): triangle vertical skewness <= -0.52 | -0.33,
 # circle and square |skew| <= 0.04 | 0.08; circle corner moment <= 0.68 | 0.81, square >= 1.0
@@ -300,6 +304,20 @@ def hue_fidelity(found: list[Component], spec: PromptSpec, softness: float = COL
                           for c, obj in zip(picked, spec.objects)]))
 
 
+def color_radius(color: str, margin: float = COLOR_MARGIN) -> float:
+    """`margin` times the RGB distance from the palette's `color` to the nearest other palette color."""
+    return margin * min(float(np.linalg.norm(np.subtract(COLORS[other], COLORS[color], dtype=np.float64)))
+                        for other in COLORS if other != color)
+
+
+def colors_within_margin(found: list[Component], spec: PromptSpec, margin: float = COLOR_MARGIN) -> bool:
+    """Whether the object standing for each of the prompt's objects (`standing_for`) has its fill within
+    `color_radius` of its named color; False when one is missing or has no measured fill."""
+    picked = [standing_for(found, obj.color, obj.shape) for obj in spec.objects]
+    return all(c is not None and c.fill is not None and fill_distance_sq(c.fill, obj.color) <= color_radius(
+        obj.color, margin) ** 2 for c, obj in zip(picked, spec.objects))
+
+
 def checked_images(images: np.ndarray, specs: list[PromptSpec]) -> np.ndarray:
     """`images` as an array, after checking it is (N, H, W, 3) with one prompt spec per image."""
     images = np.asarray(images)
@@ -337,6 +355,14 @@ def success_hue_batch(images: np.ndarray, specs: list[PromptSpec], softness: flo
     named color): (N,) in [0, 1]. Groups that all fail stay flat; groups that all succeed keep a signal."""
     images = checked_images(images, specs)
     return np.asarray([hue_fidelity(found, spec, softness) if all(constraints(found, spec)) else 0.0
+                       for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
+
+
+def strict_success_batch(images: np.ndarray, specs: list[PromptSpec], margin: float = COLOR_MARGIN) -> np.ndarray:
+    """Success with every color read with a margin: 1 where every constraint holds and `colors_within_margin`, else
+    0: (N,) float64. An object drifting off its hue fails here before the plain scorer reads it as another color."""
+    images = checked_images(images, specs)
+    return np.asarray([float(all(constraints(found, spec)) and colors_within_margin(found, spec, margin))
                        for found, spec in zip(find_objects(images), specs)], dtype=np.float64)
 
 
