@@ -122,3 +122,29 @@ def test_pair_soups_keeps_the_two_best_scored_seeds_of_every_triple():
     # scores rank the seeds 3 > 1 > 0 > 2, so the triples keep
     # (0,1,2) -> (0,1), (0,1,3) -> (1,3), (0,2,3) -> (0,3), (1,2,3) -> (1,3)
     assert pair_soups.best_two_of_three(values, [0.5, 0.7, 0.1, 0.9]) == [0.1, 0.5, 0.3, 0.5]
+
+
+def test_lora_parts_splits_an_adapter_into_its_components_with_the_scale_folded_in(tmp_path):
+    """Each part holds exactly its component's keys, B carrying alpha / rank (here 8 / 4 = 2), so that the two parts
+    at scale 1 add up to the run's change."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    lora_parts = load_script(TUNING / "lora_parts.py")
+    a, b = torch.randn(4, 6), torch.randn(5, 4)
+    adapter = {"unet.q.lora_A.weight": a, "unet.q.lora_B.weight": b,
+               "text_encoder.k.lora_A.weight": a + 1, "text_encoder.k.lora_B.weight": b - 1}
+    config = {"unet.r": 4, "unet.lora_alpha": 8, "text_encoder.r": 4, "text_encoder.lora_alpha": 8}
+    (tmp_path / "run").mkdir()
+    save_file(adapter, str(tmp_path / "run" / "pytorch_lora_weights.safetensors"),
+              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
+    parts = lora_parts.split_adapter(tmp_path / "run", tmp_path / "parts")
+    unet = load_file(str(parts["unet"] / "pytorch_lora_weights.safetensors"))
+    text = load_file(str(parts["text_encoder"] / "pytorch_lora_weights.safetensors"))
+    assert sorted(unet) == ["unet.q.lora_A.weight", "unet.q.lora_B.weight"]
+    assert sorted(text) == ["text_encoder.k.lora_A.weight", "text_encoder.k.lora_B.weight"]
+    torch.testing.assert_close(unet["unet.q.lora_B.weight"] @ unet["unet.q.lora_A.weight"], 2 * b @ a)
+    torch.testing.assert_close(text["text_encoder.k.lora_B.weight"] @ text["text_encoder.k.lora_A.weight"],
+                               2 * (b - 1) @ (a + 1))

@@ -13,11 +13,12 @@ pair_soups.py writes it).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from pair_soups import evaluate, paired_change  # this directory's script: the same evaluation and reading
 
 COMPONENTS = ("unet", "text_encoder")
 
@@ -60,26 +61,15 @@ def main() -> None:
     jobs = []
     for run in args.runs:
         for component, part in split_adapter(run, args.out / "adapters").items():
-            jobs.append((f"{run.name}_{component}", part))
-
-    def evaluate(job: tuple[str, Path]) -> Path:
-        name, lora = job
-        results = args.out / name / "results.json"
-        if not results.is_file():
-            threads = ["--threads", "1"] if args.jobs > 1 else []
-            subprocess.run([sys.executable, "-m", "diffrl.cli", "evaluate", "--lora", str(lora), "--prompts",
-                            args.prompts, "--images-per-prompt", str(args.images_per_prompt), "--baseline",
-                            str(args.base), "--out", str(args.out / name), *threads, *args.eval_arg],
-                           check=True, stdout=subprocess.DEVNULL)
-        return results
+            jobs.append((f"{run.name}_{component}", [part]))  # pair_soups.evaluate: one adapter, no soup
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = dict(zip((name for name, _ in jobs), pool.map(evaluate, jobs)))
+        done = dict(zip((name for name, _ in jobs), pool.map(lambda job: evaluate(job, args), jobs)))
 
     def change(results: Path) -> str:
         if not results.is_file():
             return "      -"
-        c = json.loads(results.read_text())["baseline"]["paired_change"][args.metric]
+        c = paired_change(results, args.metric)
         return f"{c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
 
     print(f"{'run':30s} {'whole run':24s} {'UNet part':24s} text encoder part")
