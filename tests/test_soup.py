@@ -121,3 +121,25 @@ def test_evaluate_reads_a_soups_base_and_settings_from_its_first_run(tiny_pipeli
     assert main(["soup", str(tmp_path / "run"), "--weights", "0.5", "--out", str(tmp_path / "soup")]) == 0
     assert json.loads((tmp_path / "soup" / "soup.json").read_text())["base"] == str(tiny_pipeline_dir)
     assert default_model(tmp_path / "soup") == str(tiny_pipeline_dir)
+
+
+def test_lora_init_seed_initializes_the_adapters_apart_from_the_run_seed(tiny_pipeline_dir, prompt_file, tmp_path):
+    """model.lora_init_seed=0 at run.seed 1 starts from run.seed 0's adapters (runs to be souped share their A
+    subspaces); without it run.seed decides, as before."""
+    from diffrl.config import load_config
+    from diffrl.run_state import start_run
+
+    def initial_a(name: str, seed: int, init_seed: int | None = None) -> dict[str, torch.Tensor]:
+        overrides = {"model.pretrained": str(tiny_pipeline_dir), "run.prompts": str(prompt_file),
+                     "run.out": str(tmp_path / name), "run.seed": str(seed), "run.eval_prompts": "none",
+                     "run.tensorboard": "false", "run.reward": "brightness"}
+        if init_seed is not None:
+            overrides["model.lora_init_seed"] = str(init_seed)
+        run = start_run(load_config(None, overrides), resume=False)
+        return {n: p.detach().clone() for n, p in run.trainable.items() if ".lora_A." in n}
+
+    seed0, seed1, shared = initial_a("s0", 0), initial_a("s1", 1), initial_a("s1_init0", 1, init_seed=0)
+    assert seed0 and seed0.keys() == shared.keys()
+    for name in seed0:
+        torch.testing.assert_close(shared[name], seed0[name], rtol=0, atol=0)
+    assert not all(torch.equal(seed1[name], seed0[name]) for name in seed0)

@@ -124,7 +124,8 @@ def start_run(config: Config, resume: bool) -> RunState:
     prepare_run_dir(out, resume, config)
 
     # ---- model: frozen pipeline + trainable LoRA (or full UNet)
-    torch.manual_seed(r.seed)  # LoRA initialization, identical on every rank
+    # LoRA initialization, identical on every rank
+    torch.manual_seed(r.seed if config.model.lora_init_seed is None else config.model.lora_init_seed)
     pipe = load_pipeline(config.model.pretrained, config.model.revision)
     if config.model.train_text_encoder:  # resolved above: a bool
         check_text_encoder_trainable(pipe, config.model.pretrained)
