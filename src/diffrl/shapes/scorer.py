@@ -211,6 +211,11 @@ def standing_for(found: list[Component], color: str, shape: str) -> Component | 
     return next((c for c in of_color if c.shape == shape), of_color[0] if of_color else None)
 
 
+def standing_objects(found: list[Component], spec: PromptSpec) -> list[Component | None]:
+    """`standing_for` each of the prompt's objects, in the prompt's order."""
+    return [standing_for(found, obj.color, obj.shape) for obj in spec.objects]
+
+
 def relation_margin(subject: Component, other: Component, relation: str) -> float:
     """Pixels by which the subject's extent clears the other's on the `relation` side (y grows down).
 
@@ -284,7 +289,7 @@ def constraints(found: list[Component], spec: PromptSpec, relation_softness: flo
         obj, expected = spec.objects[0], int(spec.count)
         checks.append(sum(c.color == obj.color and c.shape == obj.shape for c in found) == expected)
     elif spec.category == "spatial":
-        subject, other = (standing_for(found, o.color, o.shape) for o in spec.objects)
+        subject, other = standing_objects(found, spec)
         if subject is None or other is None or subject is other:
             checks.append(False)
         elif relation_softness is None:
@@ -299,7 +304,7 @@ def hue_fidelity(found: list[Component], spec: PromptSpec, softness: float = COL
     """Mean over the prompt's objects of the `fill_grade` of the object standing for it (`standing_for`) against its
     named color; 0 for an object not found. Unlike `color_match` it grades objects segmented as the right color too,
     so an object drifting off its hue loses credit before the segmentation calls it another color."""
-    picked = [standing_for(found, obj.color, obj.shape) for obj in spec.objects]
+    picked = standing_objects(found, spec)
     return float(np.mean([fill_grade(c.fill, obj.color, softness) if c is not None and c.fill is not None else 0.0
                           for c, obj in zip(picked, spec.objects)]))
 
@@ -313,7 +318,7 @@ def color_radius(color: str, margin: float = COLOR_MARGIN) -> float:
 def colors_within_margin(found: list[Component], spec: PromptSpec, margin: float = COLOR_MARGIN) -> bool:
     """Whether the object standing for each of the prompt's objects (`standing_for`) has its fill within
     `color_radius` of its named color; False when one is missing or has no measured fill."""
-    picked = [standing_for(found, obj.color, obj.shape) for obj in spec.objects]
+    picked = standing_objects(found, spec)
     return all(c is not None and c.fill is not None and fill_distance_sq(c.fill, obj.color) <= color_radius(
         obj.color, margin) ** 2 for c, obj in zip(picked, spec.objects))
 
