@@ -148,3 +148,35 @@ def test_lora_parts_splits_an_adapter_into_its_components_with_the_scale_folded_
     torch.testing.assert_close(unet["unet.q.lora_B.weight"] @ unet["unet.q.lora_A.weight"], 2 * b @ a)
     torch.testing.assert_close(text["text_encoder.k.lora_B.weight"] @ text["text_encoder.k.lora_A.weight"],
                                2 * (b - 1) @ (a + 1))
+
+
+def test_average_checkpoints_means_weights_and_adam_moments_and_keeps_each_runs_own(tmp_path):
+    import pytest
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from diffrl.checkpoint import checkpoint_path
+    average = load_script(TUNING / "average_checkpoints.py")
+    runs = []
+    for i, (weight, moment) in enumerate([(1.0, 2.0), (3.0, 6.0)]):
+        ckpt = checkpoint_path(tmp_path / f"run{i}", 30)
+        ckpt.mkdir(parents=True)
+        save_file({"m.lora_A": torch.full((2, 3), weight)}, ckpt / "trainable.safetensors")
+        torch.save({"param_groups": [{"lr": 1e-3, "params": [0]}],
+                    "state": {0: {"step": torch.tensor(480.0), "exp_avg": torch.full((2, 3), moment),
+                                  "exp_avg_sq": torch.full((2, 3), moment ** 2)}}}, ckpt / "optimizer.pt")
+        (ckpt / "state.json").write_text("{}")
+        runs.append(tmp_path / f"run{i}")
+    average.main([str(r) for r in runs] + ["--epoch", "30"])
+    for i, run in enumerate(runs):
+        ckpt = checkpoint_path(run, 30)
+        assert torch.equal(load_file(ckpt / "trainable.safetensors")["m.lora_A"], torch.full((2, 3), 2.0))
+        slot = torch.load(ckpt / "optimizer.pt", weights_only=False)["state"][0]
+        assert torch.equal(slot["exp_avg"], torch.full((2, 3), 4.0))
+        assert torch.equal(slot["exp_avg_sq"], torch.full((2, 3), (4.0 + 36.0) / 2))
+        assert float(slot["step"]) == 480.0
+        own = load_file(run / "own_epoch_30" / "trainable.safetensors")["m.lora_A"]
+        assert torch.equal(own, torch.full((2, 3), [1.0, 3.0][i]))
+    with pytest.raises(SystemExit, match="different numbers of steps"):
+        average.mean_optimizer([{"param_groups": [], "state": {0: {"step": torch.tensor(1.0)}}},
+                                {"param_groups": [], "state": {0: {"step": torch.tensor(2.0)}}}])
