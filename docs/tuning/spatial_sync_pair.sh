@@ -41,7 +41,12 @@ stopped=()
 while [ ${#stopped[@]} -lt ${#seeds[@]} ]; do
   sleep 2
   for i in "${!seeds[@]}"; do
-    if [[ " ${stopped[*]} " != *" $i "* ]] && [ "$(epochs_done "${seeds[$i]}")" -ge $((sync_epoch - 1)) ]; then
+    [[ " ${stopped[*]} " == *" $i "* ]] && continue
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then  # ended before the average: a failure (see its log)
+      echo "seed ${seeds[$i]} ended at epoch $(epochs_done "${seeds[$i]}") before epoch $sync_epoch; see $out/seed${seeds[$i]}.log"
+      exit 1
+    fi
+    if [ "$(epochs_done "${seeds[$i]}")" -ge $((sync_epoch - 1)) ]; then
       sleep 1
       kill -TERM "${pids[$i]}"
       stopped+=("$i")
