@@ -153,23 +153,25 @@ def test_lora_parts_splits_an_adapter_into_its_components_with_the_scale_folded_
 def test_average_checkpoints_means_weights_and_adam_moments_and_keeps_each_runs_own(tmp_path):
     import pytest
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from diffrl.checkpoint import checkpoint_path
+    from diffrl.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
     average = load_script(TUNING / "average_checkpoints.py")
     runs = []
     for i, (weight, moment) in enumerate([(1.0, 2.0), (3.0, 6.0)]):
-        ckpt = checkpoint_path(tmp_path / f"run{i}", 30)
-        ckpt.mkdir(parents=True)
-        save_file({"m.lora_A": torch.full((2, 3), weight)}, ckpt / "trainable.safetensors")
-        torch.save({"param_groups": [{"lr": 1e-3, "params": [0]}],
-                    "state": {0: {"step": torch.tensor(480.0), "exp_avg": torch.full((2, 3), moment),
-                                  "exp_avg_sq": torch.full((2, 3), moment ** 2)}}}, ckpt / "optimizer.pt")
-        (ckpt / "state.json").write_text("{}")
-        runs.append(tmp_path / f"run{i}")
+        run = tmp_path / f"run{i}"
+        for epoch in (20, 30):  # an older checkpoint, which the average must leave in place
+            save_checkpoint(run, epoch, {"m.lora_A": torch.full((2, 3), weight)},
+                            {"param_groups": [{"lr": 1e-3, "params": [0]}],
+                             "state": {0: {"step": torch.tensor(480.0), "exp_avg": torch.full((2, 3), moment),
+                                           "exp_avg_sq": torch.full((2, 3), moment ** 2)}}},
+                            {"torch_rng": torch.get_rng_state(), "counters": {"epoch": epoch, "run": i}}, keep=2)
+        runs.append(run)
     average.main([str(r) for r in runs] + ["--epoch", "30"])
     for i, run in enumerate(runs):
         ckpt = checkpoint_path(run, 30)
+        assert [p.name for p in list_checkpoints(run)] == ["epoch_00020", "epoch_00030"]
+        assert load_checkpoint(ckpt)[2]["counters"] == {"epoch": 30, "run": i}  # each run's own loop state
         assert torch.equal(load_file(ckpt / "trainable.safetensors")["m.lora_A"], torch.full((2, 3), 2.0))
         slot = torch.load(ckpt / "optimizer.pt", weights_only=False)["state"][0]
         assert torch.equal(slot["exp_avg"], torch.full((2, 3), 4.0))

@@ -16,9 +16,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from diffrl.checkpoint import checkpoint_path
+from diffrl.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
@@ -53,14 +52,16 @@ def main(argv: list[str] | None = None) -> None:
     for d in dirs:
         if not (d / "state.json").is_file():
             raise SystemExit(f"average_checkpoints: no complete checkpoint {d}")
-    weights = mean_trainable([load_file(d / "trainable.safetensors") for d in dirs])
-    moments = mean_optimizer([torch.load(d / "optimizer.pt", weights_only=False) for d in dirs])
-    for d in dirs:
-        own = d.parent.parent / f"own_epoch_{args.epoch}"
+    loaded = [load_checkpoint(d) for d in dirs]  # (trainable, optimizer state, loop state) of each run
+    weights = mean_trainable([trainable for trainable, _, _ in loaded])
+    moments = mean_optimizer([optimizer for _, optimizer, _ in loaded])
+    for run, d, (_, _, loop_state) in zip(args.runs, dirs, loaded):
+        own = run / f"own_epoch_{args.epoch}"
         if not own.exists():  # a rerun must not overwrite the runs' own weights with an average
             shutil.copytree(d, own)
-        save_file(weights, d / "trainable.safetensors")
-        torch.save(moments, d / "optimizer.pt")
+        # The trainer's own atomic writer, each run keeping its loop state (RNGs, schedule, prompt statistics) and
+        # every checkpoint it has.
+        save_checkpoint(run, args.epoch, weights, moments, loop_state, keep=len(list_checkpoints(run)))
     print(f"average_checkpoints: {len(weights)} tensors and their AdamW moments averaged over {len(dirs)} runs "
           f"at epoch {args.epoch}")
 
