@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# A branch of a pair's runs from one epoch: the paired controls of section 43. Copies each run of SRC (SRC/seed*/,
+# as spatial_sync_pair.sh or spatial_pair_soup.sh write them) at EPOCH into DST/seedN, with its config (`out`
+# pointed at the copy) and metrics, then either averages the two copies' weights and AdamW moments
+# (average_checkpoints.py) or leaves them as they are (plain), resumes both to their last epoch side by side (one
+# torch thread each, as the source ran) and soups them into DST/soup. Both branches of one SRC share its first
+# EPOCH epochs and each member's sampling noise afterwards, so they differ only by the average.
+#
+# The checkpoint taken is SRC/seedN/own_epoch_EPOCH where the source was averaged at EPOCH (its own weights,
+# before the average), else SRC/seedN/checkpoints/epoch_EPOCH (keep them with --set run.keep_checkpoints=10).
+#
+#   bash docs/tuning/branch_pair.sh SRC DST EPOCH plain|average
+#   e.g. the plain pair of a synchronized one:  bash docs/tuning/branch_pair.sh runs/s23/e30 runs/s23/plain 30 plain
+set -euo pipefail
+usage="usage: branch_pair.sh SRC DST EPOCH plain|average"
+src=${1:?$usage}; dst=${2:?$usage}; epoch=${3:?$usage}; mode=${4:?$usage}
+[[ "$mode" == plain || "$mode" == average ]] || { echo "$usage"; exit 2; }
+[ -e "$dst" ] && { echo "$dst exists; choose a new DST"; exit 2; }
+here="$(dirname "$0")"
+checkpoint=$(printf "epoch_%05d" "$epoch")
+
+sources=()  # every run's checkpoint is found before anything is copied
+for config in "$src"/seed*/config.yaml; do
+  [ -f "$config" ] || { echo "no runs under $src (expected $src/seedN/config.yaml)"; exit 2; }
+  run=$(dirname "$config")
+  from="$run/own_epoch_$epoch"; [ -d "$from" ] || from="$run/checkpoints/$checkpoint"
+  [ -d "$from" ] || { echo "$run has no checkpoint at epoch $epoch (neither own_epoch_$epoch nor checkpoints/$checkpoint)"; exit 2; }
+  sources+=("$from")
+done
+[ ${#sources[@]} -eq 2 ] || { echo "expected two runs under $src, found ${#sources[@]}"; exit 2; }
+runs=()
+for from in "${sources[@]}"; do
+  run=$(dirname "$from"); [[ "$from" == */checkpoints/* ]] && run=$(dirname "$run")
+  copy="$dst/$(basename "$run")"
+  mkdir -p "$copy/checkpoints"
+  cp -r "$from" "$copy/checkpoints/$checkpoint"
+  cp "$run/metrics.jsonl" "$copy/"  # the trainer drops the epochs after the checkpoint on resume
+  sed "s#^  out: .*#  out: $copy#" "$run/config.yaml" > "$copy/config.yaml"
+  runs+=("$copy")
+done
+if [ "$mode" == average ]; then python "$here/average_checkpoints.py" "${runs[@]}" --epoch "$epoch"; fi
+
+pids=()
+for run in "${runs[@]}"; do
+  diffrl train --resume "$run" > "$run.log" 2>&1 &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do wait "${pids[$i]}" || { echo "${runs[$i]} failed; see ${runs[$i]}.log"; exit 1; }; done
+diffrl soup "${runs[@]}" --out "$dst/soup"
