@@ -8,6 +8,8 @@
 #
 #   bash docs/tuning/spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCH [TRAIN_ARG...]]]]
 #       # defaults: seeds 0 and FIRST_SEED + 1, SYNC_EPOCH 30; TRAIN_ARGs go to both `diffrl train`s
+#   Its paired control, the same two runs continued without the average (section 44):
+#   bash docs/tuning/branch_pair.sh OUT OUT_PLAIN SYNC_EPOCH plain
 set -euo pipefail
 out=${1:?usage: spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCH [TRAIN_ARG...]]]]}
 first=${2:-0}
