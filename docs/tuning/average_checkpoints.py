@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epoch", type=int, required=True)
     args = parser.parse_args(argv)
     dirs = [checkpoint_path(run, args.epoch) for run in args.runs]
-    for d in dirs:
-        if not (d / "state.json").is_file():
+    for run, d in zip(args.runs, dirs):
+        if d not in list_checkpoints(run):  # the trainer's own rule for a complete checkpoint
             raise SystemExit(f"average_checkpoints: no complete checkpoint {d}")
     loaded = [load_checkpoint(d) for d in dirs]  # (trainable, optimizer state, loop state) of each run
     weights = mean_trainable([trainable for trainable, _, _ in loaded])

@@ -19,18 +19,18 @@ src=${1:?$usage}; dst=${2:?$usage}; epoch=${3:?$usage}; mode=${4:?$usage}
 here="$(dirname "$0")"
 checkpoint=$(printf "epoch_%05d" "$epoch")
 
-sources=()  # every run's checkpoint is found before anything is copied
+sources=(); source_runs=()  # every run's checkpoint is found before anything is copied
 for config in "$src"/seed*/config.yaml; do
   [ -f "$config" ] || { echo "no runs under $src (expected $src/seedN/config.yaml)"; exit 2; }
   run=$(dirname "$config")
   from="$run/own_epoch_$epoch"; [ -d "$from" ] || from="$run/checkpoints/$checkpoint"
   [ -d "$from" ] || { echo "$run has no checkpoint at epoch $epoch (neither own_epoch_$epoch nor checkpoints/$checkpoint)"; exit 2; }
-  sources+=("$from")
+  sources+=("$from"); source_runs+=("$run")
 done
 [ ${#sources[@]} -eq 2 ] || { echo "expected two runs under $src, found ${#sources[@]}"; exit 2; }
 runs=()
-for from in "${sources[@]}"; do
-  run=$(dirname "$from"); [[ "$from" == */checkpoints/* ]] && run=$(dirname "$run")
+for i in "${!sources[@]}"; do
+  from=${sources[$i]}; run=${source_runs[$i]}
   copy="$dst/$(basename "$run")"
   mkdir -p "$copy/checkpoints"
   cp -r "$from" "$copy/checkpoints/$checkpoint"
