@@ -39,7 +39,10 @@ def shown_pairs(train_prompts: list[str]) -> set[tuple[tuple[str, str], str]]:
 
 
 def unshown_contrast(prompt: str, shown: set) -> bool:
-    first, second = objects(prompt)
+    found = objects(prompt)
+    if len(found) != 2:
+        raise SystemExit(f"room.py: {prompt!r} does not name two objects; the held-out prompts must be spatial pairs")
+    first, second = found
     return (first, second[0]) not in shown or (second, first[0]) not in shown
 
 
