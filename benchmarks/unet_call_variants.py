@@ -128,5 +128,6 @@ def main() -> None:
         speedups = [median["stock"][mode] / result[mode] for mode in ("infer", "train")]
         print(f"{name:<14}{result['infer']:>10.3f}{result['train']:>10.3f}{speedups[0]:>15.2f}x{speedups[1]:>15.2f}x")
 
+
 if __name__ == "__main__":
     main()

@@ -186,16 +186,24 @@ def test_average_checkpoints_means_weights_and_adam_moments_and_keeps_each_runs_
 
 def test_room_finds_a_contrast_unshown_when_either_object_never_meets_the_others_color():
     room = load_script(TUNING / "room.py")
-    assert room.objects("an orange triangle below a red square") == [("orange", "triangle"), ("red", "square")]
-    shown = room.shown_pairs(["a red square above an orange circle", "an orange triangle above a green circle"])
+
+    def pair(text, first, second):  # a spatial prompt with the metadata ShapesWorld's prompt sets carry
+        return text, {"objects": [dict(zip(("color", "shape"), first)), dict(zip(("color", "shape"), second))]}
+
+    below = pair("an orange triangle below a red square", ("orange", "triangle"), ("red", "square"))
+    assert room.objects(below[1]) == [("orange", "triangle"), ("red", "square")]
+    shown = room.shown_pairs([pair("a red square above an orange circle", ("red", "square"), ("orange", "circle")),
+                              pair("an orange triangle above a green circle", ("orange", "triangle"),
+                                   ("green", "circle"))])
     assert (("red", "square"), "orange") in shown and (("orange", "triangle"), "green") in shown
     # the red square has met orange, the orange triangle never red: unshown
-    assert room.unshown_contrast("an orange triangle below a red square", shown)
+    assert room.unshown_contrast(below, shown)
     both_shown = shown | {(("green", "circle"), "orange")}
-    assert not room.unshown_contrast("a green circle below an orange triangle", both_shown)
+    assert not room.unshown_contrast(pair("a green circle below an orange triangle", ("green", "circle"),
+                                          ("orange", "triangle")), both_shown)
     # the spatial command's union leaves exactly the orange triangle beside red or yellow unshown
-    held_out = [p for p, _ in room.load_prompts("shapes:spatial_unseen-val").all()]
-    union = room.shown_pairs([p for p, _ in room.load_prompts(room.SPATIAL_UNION).all()])
-    unshown = [p for p in held_out if room.unshown_contrast(p, union)]
+    held_out = room.load_prompts("shapes:spatial_unseen-val").all()
+    union = room.shown_pairs(room.load_prompts(room.SPATIAL_UNION).all())
+    unshown = [text for text, meta in held_out if room.unshown_contrast((text, meta), union)]
     assert len(unshown) == 6
     assert all("orange triangle" in p and ("red" in p or "yellow" in p) for p in unshown)

@@ -14,41 +14,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from seeds import paired_changes  # docs/tuning/seeds.py: the base's per-prompt scores and each run's change
 
 from diffrl.prompts import load_prompts
 
 SPATIAL_UNION = "shapes:spatial_unseen-train-all+shapes:spatial_train"
-OBJECT = re.compile(r"\ban? (\w+) (circle|square|triangle)\b")
 
 
-def objects(prompt: str) -> list[tuple[str, str]]:
-    """The (color, shape) of each object a ShapesWorld prompt names, in order."""
-    return OBJECT.findall(prompt)
+def objects(meta: dict) -> list[tuple[str, str]]:
+    """The (color, shape) of each object a ShapesWorld prompt's metadata names, in order."""
+    return [(o["color"], o["shape"]) for o in meta["objects"]]
 
 
-def shown_pairs(train_prompts: list[str]) -> set[tuple[tuple[str, str], str]]:
+def shown_pairs(train_prompts: list[tuple[str, dict]]) -> set[tuple[tuple[str, str], str]]:
     """Every (object, color of the other object) that some training prompt names together."""
     shown = set()
-    for prompt in train_prompts:
-        found = objects(prompt)
+    for _, meta in train_prompts:
+        found = objects(meta)
         for i, obj in enumerate(found):
             shown.update((obj, other[0]) for j, other in enumerate(found) if j != i)
     return shown
 
 
-def unshown_contrast(prompt: str, shown: set) -> bool:
-    found = objects(prompt)
+def unshown_contrast(prompt: tuple[str, dict], shown: set) -> bool:
+    text, meta = prompt
+    found = objects(meta)
     if len(found) != 2:
-        raise SystemExit(f"room.py: {prompt!r} does not name two objects; the held-out prompts must be spatial pairs")
+        raise SystemExit(f"room.py: {text!r} does not name two objects; the held-out prompts must be spatial pairs")
     first, second = found
     return (first, second[0]) not in shown or (second, first[0]) not in shown
-
-
-def successes(path: Path) -> dict[str, float]:
-    result = json.loads(path.read_text())
-    return {row["prompt"]: row["scores"]["shapes_success"] for row in result["per_prompt"]}
 
 
 def main() -> None:
@@ -57,22 +53,20 @@ def main() -> None:
     parser.add_argument("evaluations", type=Path, nargs="+", help="results.json of runs or soups on the same prompts")
     parser.add_argument("--train-prompts", default=SPATIAL_UNION)
     args = parser.parse_args()
-    base = successes(args.base)
-    shown = shown_pairs([p for p, _ in load_prompts(args.train_prompts).all()])
-    unshown = [p for p in base if unshown_contrast(p, shown)]
-    rest = [p for p in base if p not in unshown]
-    n = len(base)
-    room_unshown, room_rest = (sum(1 - base[p] for p in group) for group in (unshown, rest))
+    texts, base, changes = paired_changes(args.base, args.evaluations, "shapes_success")
+    metas = dict(load_prompts(json.loads(args.base.read_text())["prompts"]).all())  # the evaluated prompt set
+    shown = shown_pairs(load_prompts(args.train_prompts).all())
+    unshown = [i for i, text in enumerate(texts) if unshown_contrast((text, metas[text]), shown)]
+    rest = [i for i in range(len(texts)) if i not in unshown]
+    n = len(texts)
+    room_unshown, room_rest = ((1 - base[group]).sum() for group in (unshown, rest))
     print(f"{len(unshown)} prompts with an unshown contrast (room {room_unshown / n:.3f} of the mean), "
           f"{len(rest)} others (room {room_rest / n:.3f})")
-    for prompt in unshown:
-        print(f"  unshown: {prompt} (base {base[prompt]:.2f})")
+    for i in unshown:
+        print(f"  unshown: {texts[i]} (base {base[i]:.2f})")
     print(f"{'evaluation':<48}{'all':>8}{'unshown':>9}{'others':>8}{'closed':>8}")
-    for path in args.evaluations:
-        scores = successes(path)
-        if scores.keys() != base.keys():
-            raise SystemExit(f"{path}: not the base's prompts")
-        gain_unshown, gain_rest = (sum(scores[p] - base[p] for p in group) / n for group in (unshown, rest))
+    for path, change in zip(args.evaluations, changes):
+        gain_unshown, gain_rest = (change[group].sum() / n for group in (unshown, rest))
         name = path.parent.name if path.name == "results.json" else str(path)
         print(f"{name:<48}{gain_unshown + gain_rest:>+8.3f}{gain_unshown:>+9.3f}{gain_rest:>+8.3f}"
               f"{gain_rest * n / room_rest:>8.2f}")
