@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# The pair soup (spatial_pair_soup.sh) with one synchronization: two seeds of the spatial preset side by side, one
-# torch thread each, sharing one LoRA initialization (model.lora_init_seed = FIRST_SEED); both stop after epoch
-# SYNC_EPOCH (SIGTERM: each finishes its epoch, checkpoints and exits), their weights and AdamW moments are averaged
-# into both checkpoints (average_checkpoints.py), both resume with their own sampling noise to epoch 60, and the two
-# are souped (docs/tuning.md, section 43). Prints each run's epoch once a minute; each run's output is in
-# OUT/seedN.log.
+# The pair soup (spatial_pair_soup.sh) with synchronizations: two seeds of the spatial preset side by side, one
+# torch thread each, sharing one LoRA initialization (model.lora_init_seed = FIRST_SEED); at each SYNC_EPOCH both stop
+# after that epoch (SIGTERM: each finishes its epoch, checkpoints and exits), their weights and AdamW moments are
+# averaged into both checkpoints (average_checkpoints.py), and both resume with their own sampling noise; after the
+# last epoch the two are souped (docs/tuning.md, sections 43 and 47). Prints each run's epoch once a minute; each
+# run's output is in OUT/seedN.log.
 #
-#   bash docs/tuning/spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCH [TRAIN_ARG...]]]]
-#       # defaults: seeds 0 and FIRST_SEED + 1, SYNC_EPOCH 30; TRAIN_ARGs go to both `diffrl train`s
+#   bash docs/tuning/spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCHS [TRAIN_ARG...]]]]
+#       # defaults: seeds 0 and FIRST_SEED + 1, SYNC_EPOCHS 30 (several: comma-separated, e.g. 10,20,30);
+#       # TRAIN_ARGs go to both `diffrl train`s
 #   Its paired control, the same two runs continued without the average (section 44):
 #   bash docs/tuning/branch_pair.sh OUT OUT_PLAIN SYNC_EPOCH plain
 set -euo pipefail
-out=${1:?usage: spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCH [TRAIN_ARG...]]]]}
+out=${1:?usage: spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCHS [TRAIN_ARG...]]]]}
 first=${2:-0}
 seeds=("$first" "${3:-$((first + 1))}")
-sync_epoch=${4:-30}
+IFS=, read -r -a sync_epochs <<< "${4:-30}"
 shift $(($# < 4 ? $# : 4))
+previous=0
+for sync_epoch in "${sync_epochs[@]}"; do  # the stop signal goes out after the epoch before: it must be of this phase
+  [ "$sync_epoch" -ge $((previous + 2)) ] || { echo "SYNC_EPOCHS must rise by 2 or more from 0 (got ${sync_epochs[*]})"; exit 2; }
+  previous=$sync_epoch
+done
 here="$(dirname "$0")"
 mkdir -p "$out"
 epochs_done() { local n; n=$(grep -c '"sample_s"' "$out/seed$1/metrics.jsonl" 2>/dev/null) || true; echo "${n:-0}"; }
@@ -31,41 +37,46 @@ progress &
 reporter=$!
 trap 'kill "$reporter" 2>/dev/null || true' EXIT
 
-# Phase 1: both runs to SYNC_EPOCH. The signal is sent once a run has logged epoch SYNC_EPOCH - 1 and passed its
-# end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
-pids=()
-for seed in "${seeds[@]}"; do
-  diffrl train --config shapes_spatial --seed "$seed" --set model.lora_init_seed="$first" --set run.threads=1 \
-      --set run.progress=false "$@" --out "$out/seed$seed" > "$out/seed$seed.log" 2>&1 &
-  pids+=($!)
-done
-stopped=()
-while [ ${#stopped[@]} -lt ${#seeds[@]} ]; do
-  sleep 2
-  for i in "${!seeds[@]}"; do
-    [[ " ${stopped[*]} " == *" $i "* ]] && continue
-    if ! kill -0 "${pids[$i]}" 2>/dev/null; then  # ended before the average: a failure (see its log)
-      echo "seed ${seeds[$i]} ended at epoch $(epochs_done "${seeds[$i]}") before epoch $sync_epoch; see $out/seed${seeds[$i]}.log"
-      exit 1
-    fi
-    if [ "$(epochs_done "${seeds[$i]}")" -ge $((sync_epoch - 1)) ]; then
-      sleep 1
-      kill -TERM "${pids[$i]}"
-      stopped+=("$i")
-    fi
-  done
-done
-for pid in "${pids[@]}"; do wait "$pid" || true; done  # a stopped run exits non-zero (interrupted, checkpoint kept)
-for seed in "${seeds[@]}"; do
-  [ "$(epochs_done "$seed")" -eq "$sync_epoch" ] || { echo "seed $seed stopped at epoch $(epochs_done "$seed")"; exit 1; }
-done
-python "$here/average_checkpoints.py" "$out/seed${seeds[0]}" "$out/seed${seeds[1]}" --epoch "$sync_epoch"
+start() {  # SEED: the run's first phase, or its resumption after an average (exec: the signal reaches diffrl)
+  if [ -f "$out/seed$1/config.yaml" ]; then
+    exec diffrl train --resume "$out/seed$1" >> "$out/seed$1.log" 2>&1
+  else
+    exec diffrl train --config shapes_spatial --seed "$1" --set model.lora_init_seed="$first" --set run.threads=1 \
+        --set run.progress=false "${train_args[@]}" --out "$out/seed$1" > "$out/seed$1.log" 2>&1
+  fi
+}
+train_args=("$@")
 
-# Phase 2: both resume from the average with their own noise; then the soup.
-pids=()
-for seed in "${seeds[@]}"; do
-  diffrl train --resume "$out/seed$seed" >> "$out/seed$seed.log" 2>&1 &
-  pids+=($!)
+# Each phase runs both to the next SYNC_EPOCH. The signal is sent once a run has logged the epoch before it and passed
+# its end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
+for sync_epoch in "${sync_epochs[@]}"; do
+  pids=()
+  for seed in "${seeds[@]}"; do start "$seed" & pids+=($!); done
+  stopped=()
+  while [ ${#stopped[@]} -lt ${#seeds[@]} ]; do
+    sleep 2
+    for i in "${!seeds[@]}"; do
+      [[ " ${stopped[*]} " == *" $i "* ]] && continue
+      if ! kill -0 "${pids[$i]}" 2>/dev/null; then  # ended before the average: a failure (see its log)
+        echo "seed ${seeds[$i]} ended at epoch $(epochs_done "${seeds[$i]}") before epoch $sync_epoch; see $out/seed${seeds[$i]}.log"
+        exit 1
+      fi
+      if [ "$(epochs_done "${seeds[$i]}")" -ge $((sync_epoch - 1)) ]; then
+        sleep 1
+        kill -TERM "${pids[$i]}"
+        stopped+=("$i")
+      fi
+    done
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || true; done  # a stopped run exits non-zero (interrupted, checkpoint kept)
+  for seed in "${seeds[@]}"; do
+    [ "$(epochs_done "$seed")" -eq "$sync_epoch" ] || { echo "seed $seed stopped at epoch $(epochs_done "$seed")"; exit 1; }
+  done
+  python "$here/average_checkpoints.py" "$out/seed${seeds[0]}" "$out/seed${seeds[1]}" --epoch "$sync_epoch"
 done
+
+# The last phase: both resume from the last average with their own noise; then the soup.
+pids=()
+for seed in "${seeds[@]}"; do start "$seed" & pids+=($!); done
 for pid in "${pids[@]}"; do wait "$pid"; done
 diffrl soup "$out/seed${seeds[0]}" "$out/seed${seeds[1]}" --out "$out/soup"
