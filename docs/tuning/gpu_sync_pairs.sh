@@ -9,7 +9,7 @@
 #
 #   bash docs/tuning/gpu_sync_pairs.sh OUT_DIR [SEED...]     # default seeds 0-7: pairs (0,1) (2,3) (4,5) (6,7)
 #   # then, on any machine with diffrl (paired over held-out prompts with the base's evaluation):
-#   PYTHONPATH=docs/tuning python docs/tuning/seeds.py OUT_DIR/evals/base/results.json OUT_DIR/evals/sync_*
+#   PYTHONPATH=docs/tuning python docs/tuning/seeds.py OUT_DIR/evals/base/results.json OUT_DIR/evals/sync*
 # Needs `diffrl` and `python` on PATH with a CUDA torch. Knobs for a quick check on a CPU: SYNC_EPOCH (30),
 # EVAL_IMAGES (32), EXTRA_TRAIN (extra `diffrl train` arguments for every run, e.g. "--set run.epochs=4").
 set -u
