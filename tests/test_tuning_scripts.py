@@ -35,6 +35,23 @@ def test_the_45_percent_union_is_the_library_spec_joined_with_plus():
     assert load_prompts(spec).all() == prompts.spatial_unseen_twice_and_seen()
 
 
+def test_seen_similar_vertical_is_88_vertical_similar_hue_training_prompts_and_no_held_out_pair():
+    """Section 48's emphasis: similar hues (orange, red, yellow among themselves; purple and blue) above or below each
+    other, taken from the pairs pretraining drew, so no spatial_unseen-val pair can be among them."""
+    prompts = load_script(TUNING / "tuning_prompts.py")
+    chosen = prompts.spatial_seen_similar_vertical()
+    assert len(chosen) == 88
+    held_out = {frozenset(spec.objects) for spec in prompts.prompt_set("spatial", "unseen-val")}
+    for text, meta in chosen:
+        assert meta["relation"] in ("above", "below"), text
+        assert {o["color"] for o in meta["objects"]} in prompts.SIMILAR_HUES, text
+    seen = {spec.text: spec for spec in prompts.prompt_set("spatial", "train")}
+    assert all(frozenset(seen[text].objects) not in held_out for text, _ in chosen)
+    similar = [spec for spec in seen.values() if {o.color for o in spec.objects} in prompts.SIMILAR_HUES]
+    assert len(similar) == 176  # the left/right half stays out
+    assert "a red triangle above an orange square" in dict(chosen)
+
+
 def test_hue_drift_measures_the_fills_of_successful_images_only():
     from tests.test_shapes_scorer import red_circle_above_blue_square
 

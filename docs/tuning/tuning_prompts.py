@@ -48,6 +48,17 @@ def spatial_seen_orange_warm() -> list[tuple[str, dict]]:
                        if _colors(spec) in ({"orange", "red"}, {"orange", "yellow"}))
 
 
+SIMILAR_HUES = ({"orange", "red"}, {"orange", "yellow"}, {"red", "yellow"}, {"purple", "blue"})
+
+
+def spatial_seen_similar_vertical() -> list[tuple[str, dict]]:
+    """The 88 spatial_train prompts (seen pairs) that put two similar hues (orange, red and yellow among
+    themselves; purple and blue) above or below each other: the training prompts the pair soups learn least, with
+    the held-out failures' kind of error (the objects placed by color instead of by the relation word; section 48)."""
+    return _as_prompts(spec for spec in prompt_set("spatial", "train")
+                       if _colors(spec) in SIMILAR_HUES and spec.relation in ("above", "below"))
+
+
 def _as_prompts(specs) -> list[tuple[str, dict]]:
     return [(spec.text, spec.to_metadata()) for spec in specs]
 
