@@ -53,8 +53,8 @@ SIMILAR_HUES = ({"orange", "red"}, {"orange", "yellow"}, {"red", "yellow"}, {"pu
 
 def spatial_seen_similar_vertical() -> list[tuple[str, dict]]:
     """The 88 spatial_train prompts (seen pairs) that put two similar hues (orange, red and yellow among
-    themselves; purple and blue) above or below each other: the training prompts the pair soups learn least, with
-    the held-out failures' kind of error (the objects placed by color instead of by the relation word; section 48)."""
+    themselves; purple and blue) above or below each other: the training prompts the pair soups learn least, and the
+    kind of held-out prompt they still miss, where the relation fails between similar hues (section 48)."""
     return _as_prompts(spec for spec in prompt_set("spatial", "train")
                        if _colors(spec) in SIMILAR_HUES and spec.relation in ("above", "below"))
 
