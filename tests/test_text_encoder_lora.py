@@ -57,6 +57,32 @@ def test_text_encoder_trains_from_ratio_one(te_run):
         assert record["approx_kl"] == pytest.approx(0, abs=1e-9)
 
 
+def test_text_encoder_lr_at_the_unets_rate_changes_nothing(te_run, tiny_pipeline_dir, prompt_file, tmp_path):
+    """Two parameter groups at one rate are the same AdamW (and the same gradient-norm clip) as one group."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, out, *TE, "--epochs", "2", "--set", "train.minibatches=1",
+                           "--set", "train.text_encoder_lr=1e-2")) == 0  # train_args' train.learning_rate
+    reference, grouped = weights(te_run, 2), weights(out, 2)
+    assert grouped.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(grouped[name], reference[name], rtol=0, atol=0)
+
+
+def test_text_encoder_lr_sets_the_text_encoders_step(tiny_pipeline_dir, prompt_file, tmp_path):
+    """AdamW's first update moves each weight with a gradient by lr * |g| / (|g| + eps), i.e. by lr: the UNet's
+    LoRA B matrices (zero at the start) end at most 1e-2 from 0, the text encoder's at most 1e-3, both reached."""
+    out = tmp_path / "run"
+    assert main(train_args(tiny_pipeline_dir, prompt_file, out, *TE, "--epochs", "1", "--set", "train.minibatches=1",
+                           "--set", "train.text_encoder_lr=1e-3")) == 0
+    trainable = weights(out, 1)
+    for prefix, lr in (("text_encoder.", 1e-3), ("", 1e-2)):
+        lora_b = torch.cat([v.flatten() for k, v in trainable.items()
+                            if "lora_B" in k and k.startswith("text_encoder.") == bool(prefix)])
+        assert lora_b.abs().max().item() == pytest.approx(lr, rel=1e-3)
+    assert "lr" in metrics(out)[1]  # the logged lr stays the UNet's (train.learning_rate)
+    assert metrics(out)[1]["lr"] == pytest.approx(1e-2)
+
+
 def test_exported_lora_loads_both_adapters_into_plain_diffusers(te_run, tiny_pipeline_dir):
     from diffusers import StableDiffusionPipeline
 
@@ -80,10 +106,11 @@ def test_exported_lora_loads_both_adapters_into_plain_diffusers(te_run, tiny_pip
     torch.testing.assert_close(encode_prompts(evaluated, PROMPTS, "cpu"), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_resume_is_bit_identical(tiny_pipeline_dir, prompt_file, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--set", "train.text_encoder_lr=3e-3"]])  # one or two parameter groups
+def test_resume_is_bit_identical(extra, tiny_pipeline_dir, prompt_file, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
-    assert main(train_args(tiny_pipeline_dir, prompt_file, full, *TE)) == 0
-    assert main(train_args(tiny_pipeline_dir, prompt_file, part, *TE, "--epochs", "2")) == 0
+    assert main(train_args(tiny_pipeline_dir, prompt_file, full, *TE, *extra)) == 0
+    assert main(train_args(tiny_pipeline_dir, prompt_file, part, *TE, *extra, "--epochs", "2")) == 0
     assert any(k.startswith("text_encoder.") for k in weights(full, EPOCHS))
     assert_resumes_to_reference(part, (weights(full, EPOCHS), metrics(full)), "--set", f"run.epochs={EPOCHS}")
 
@@ -99,6 +126,9 @@ def test_kl_penalty_with_a_trained_text_encoder(tiny_pipeline_dir, prompt_file, 
 
 @pytest.mark.parametrize("model, extra, message", [
     ("tiny", ["--set", "model.lora=false"], "model.train_text_encoder needs model.lora = true"),
+    ("tiny", ["--set", "train.text_encoder_lr=0"], "train.text_encoder_lr must be > 0"),
+    ("tiny", ["--set", "model.train_text_encoder=false", "--set", "train.text_encoder_lr=1e-3"],
+     "train.text_encoder_lr needs model.train_text_encoder = true"),
     ("sd3", [], "model.train_text_encoder is for SD 1.x/2.x pipelines"),
 ])
 def test_bad_settings_are_one_line_errors(model, extra, message, request, prompt_file, tmp_path, capsys):

@@ -68,6 +68,7 @@ class TrainConfig:
     learning_rate: float = opt(1e-3, "AdamW learning rate (DDPO on SD: 3e-4). ShapesWorld, LoRA rank 4, 16 updates of 16 samples per epoch: 1e-3; 3e-3 and 1e-2 drift and lose held-out success even inside the trust region (docs/tuning.md).")
     lr_schedule: str = opt("constant", "Learning-rate schedule over the run's optimizer updates (diffusers' get_scheduler): 'constant' keeps train.learning_rate; 'linear' and 'cosine' (a half cosine) anneal it to 0 at the last update of run.epochs, so that a long run stops drifting (at a fixed step the ShapesWorld demo's held-out success falls again past ~60 epochs; docs/tuning.md). The factor follows the count of applied updates (skipped ones do not advance it); with 'linear' or 'cosine' run.epochs may not change on resume (it sets the schedule's length).")
     lr_warmup_updates: int = opt(0, "Optimizer updates of linear warmup from 0 to train.learning_rate before train.lr_schedule applies (diffusers' convention: the first update has factor 0). Warmup keeps the first updates, taken while AdamW's second-moment estimates rest on few gradients, from moving the weights far. 0: none.")
+    text_encoder_lr: float | None = opt(None, "Learning rate of the text encoder's LoRA adapters (model.train_text_encoder), as diffusers' LoRA training scripts' --text_encoder_lr; train.lr_schedule scales it as it scales train.learning_rate. None: train.learning_rate. The text encoder's adapters change every prompt that shares a word (a color's embedding), the UNet's how each is drawn; on ShapesWorld's spatial preset see docs/tuning.md, section 50.")
     adam_beta1: float = opt(0.9, "AdamW beta1.")
     adam_beta2: float = opt(0.999, "AdamW beta2.")
     adam_weight_decay: float = opt(1e-4, "AdamW weight decay.")
@@ -285,6 +286,8 @@ def validate(config: Config) -> Config:
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
         (t.lr_schedule in LR_SCHEDULES, f"train.lr_schedule must be {', '.join(LR_SCHEDULES)} (got {t.lr_schedule!r})"),
         (t.lr_warmup_updates >= 0, "train.lr_warmup_updates must be >= 0"),
+        (t.text_encoder_lr is None or t.text_encoder_lr > 0, "train.text_encoder_lr must be > 0 (or none: train.learning_rate)"),
+        (t.text_encoder_lr is None or trains_text_encoder(config), "train.text_encoder_lr needs model.train_text_encoder = true (this run trains no text encoder adapters)"),
         (t.inner_epochs is None or t.inner_epochs >= 1, "train.inner_epochs must be >= 1"),
         (t.minibatches is None or t.minibatches >= 1, "train.minibatches must be >= 1"),
         (t.chunk_size is None or t.chunk_size >= 1, "train.chunk_size must be >= 1 (or none: the default)"),

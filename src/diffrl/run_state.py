@@ -153,7 +153,13 @@ def start_run(config: Config, resume: bool) -> RunState:
     for name, param in trainable.items():
         if param.dtype != torch.float32:  # peft's adapters on a bf16/fp16 base layer
             param.data = param.data.float()
-    optimizer = make_optimizer(t, trainable.values())
+    if t.text_encoder_lr is not None:  # a second parameter group (one otherwise, as older checkpoints hold)
+        in_text_encoder = {n: n.startswith(TEXT_ENCODER_PREFIX) for n in trainable}
+        params = [{"params": [p for n, p in trainable.items() if not in_text_encoder[n]]},
+                  {"params": [p for n, p in trainable.items() if in_text_encoder[n]], "lr": t.text_encoder_lr}]
+    else:
+        params = list(trainable.values())
+    optimizer = make_optimizer(t, params)
     # On the bare optimizer, and not handed to accelerate: its AcceleratedScheduler would step num_processes times
     # per call. Every rank takes every update (the same count, the same skips), so each rank steps its own
     # schedule once per applied update and total_updates(config) is its length on any number of processes.
@@ -213,6 +219,7 @@ def start_run(config: Config, resume: bool) -> RunState:
               + (f", step weights {format_step_weights(run, steps)} (train.step_weight_power {t.step_weight_power:g})"
                  if t.step_weight_power else "")
               + (", LoRA on the text encoder too" if run.train_text_encoder is not None else "")
+              + (f" (lr {t.text_encoder_lr:g})" if t.text_encoder_lr is not None else "")
               + (f", prompts whose last group was flat passed over with p = {s.skip_zero_advantage:g}"
                  if s.skip_zero_advantage else "")
               + f"; run dir {out}")
@@ -252,7 +259,8 @@ def epoch_steps(config: Config, step_stds: torch.Tensor, epoch: int) -> tuple[to
 
 
 def make_optimizer(t, params) -> torch.optim.Optimizer:
-    """train.optimizer: torch's AdamW, or bitsandbytes' AdamW8bit (config.check_device made sure it can run)."""
+    """train.optimizer: torch's AdamW, or bitsandbytes' AdamW8bit (config.check_device made sure it can run), at
+    train.learning_rate for parameters or parameter groups that name no lr of their own."""
     kwargs = dict(lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.adam_weight_decay,
                   eps=t.adam_epsilon)
     if t.optimizer == "adamw8bit":
