@@ -121,6 +121,11 @@ def test_evaluate_reads_a_soups_base_and_settings_from_its_first_run(tiny_pipeli
     assert main(["soup", str(tmp_path / "run"), "--weights", "0.5", "--out", str(tmp_path / "soup")]) == 0
     assert json.loads((tmp_path / "soup" / "soup.json").read_text())["base"] == str(tiny_pipeline_dir)
     assert default_model(tmp_path / "soup") == str(tiny_pipeline_dir)
+    # A soup of that soup (e.g. re-souped with --weights 1 to fold its scale in) keeps the base, and evaluate follows
+    # the records back to the run, not to the default model.
+    assert main(["soup", str(tmp_path / "soup"), "--weights", "1", "--out", str(tmp_path / "soup2")]) == 0
+    assert json.loads((tmp_path / "soup2" / "soup.json").read_text())["base"] == str(tiny_pipeline_dir)
+    assert default_model(tmp_path / "soup2") == str(tiny_pipeline_dir) != Config().model.pretrained
 
 
 def test_lora_init_seed_initializes_the_adapters_apart_from_the_run_seed(tiny_pipeline_dir, prompt_file, tmp_path):

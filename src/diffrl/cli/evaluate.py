@@ -51,12 +51,15 @@ def add_parser(subparsers) -> None:
 
 
 def _run_config(lora: Path | None):
-    """The run's Config when --lora is a run directory (or a `diffrl soup` of runs: its first run's), else None."""
+    """The run's Config when --lora is a run directory (or a `diffrl soup` of runs, or of soups: its first run's),
+    else None."""
     from diffrl.cli.soup import SOUP_RECORD
     from diffrl.config import load_config
     from diffrl.report import CONFIG_FILE
 
-    if lora is not None and (lora / SOUP_RECORD).is_file():
+    followed = set()
+    while lora is not None and (lora / SOUP_RECORD).is_file() and lora not in followed:
+        followed.add(lora)
         lora = Path(json.loads((lora / SOUP_RECORD).read_text())["runs"][0])
     if lora is not None and (lora / CONFIG_FILE).is_file():
         return load_config(lora / CONFIG_FILE)

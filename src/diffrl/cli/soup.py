@@ -28,11 +28,16 @@ def add_parser(subparsers) -> None:
 
 
 def run_base(path: Path) -> str | None:
-    """The base model a run directory fine-tuned (its config's model.pretrained); None for a bare LoRA directory."""
+    """The base model a run directory fine-tuned (its config's model.pretrained), or the one a soup recorded (a soup
+    of soups); None for a bare LoRA directory."""
     from diffrl.config import load_config
     from diffrl.report import CONFIG_FILE
 
-    return load_config(path / CONFIG_FILE).model.pretrained if (path / CONFIG_FILE).is_file() else None
+    if (path / CONFIG_FILE).is_file():
+        return load_config(path / CONFIG_FILE).model.pretrained
+    if (path / SOUP_RECORD).is_file():
+        return json.loads((path / SOUP_RECORD).read_text()).get("base")
+    return None
 
 
 def run(args) -> int:
