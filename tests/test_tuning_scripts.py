@@ -143,7 +143,7 @@ def test_pair_soups_keeps_the_two_best_scored_seeds_of_every_triple():
 
 def test_lora_parts_splits_an_adapter_into_its_components_with_the_scale_folded_in(tmp_path):
     """Each part holds exactly its component's keys, B carrying alpha / rank (here 8 / 4 = 2), so that the two parts
-    at scale 1 add up to the run's change."""
+    at scale 1 add up to the run's change; a scaled variant multiplies only its component's change."""
     import json
 
     import torch
@@ -157,14 +157,50 @@ def test_lora_parts_splits_an_adapter_into_its_components_with_the_scale_folded_
     (tmp_path / "run").mkdir()
     save_file(adapter, str(tmp_path / "run" / "pytorch_lora_weights.safetensors"),
               metadata={"format": "pt", "lora_adapter_metadata": json.dumps(config)})
-    parts = lora_parts.split_adapter(tmp_path / "run", tmp_path / "parts")
-    unet = load_file(str(parts["unet"] / "pytorch_lora_weights.safetensors"))
-    text = load_file(str(parts["text_encoder"] / "pytorch_lora_weights.safetensors"))
+    half_text = lora_parts.parse_scales("text_encoder=0.5")
+    made = lora_parts.variants(tmp_path / "run", tmp_path / "parts", [*lora_parts.PARTS, half_text], [], False)
+    assert sorted(made) == ["text_encoder", "unet", "unet1_text_encoder0.5"]
+    unet = load_file(str(made["unet"] / "pytorch_lora_weights.safetensors"))
+    text = load_file(str(made["text_encoder"] / "pytorch_lora_weights.safetensors"))
     assert sorted(unet) == ["unet.q.lora_A.weight", "unet.q.lora_B.weight"]
     assert sorted(text) == ["text_encoder.k.lora_A.weight", "text_encoder.k.lora_B.weight"]
     torch.testing.assert_close(unet["unet.q.lora_B.weight"] @ unet["unet.q.lora_A.weight"], 2 * b @ a)
     torch.testing.assert_close(text["text_encoder.k.lora_B.weight"] @ text["text_encoder.k.lora_A.weight"],
                                2 * (b - 1) @ (a + 1))
+    half = load_file(str(made["unet1_text_encoder0.5"] / "pytorch_lora_weights.safetensors"))
+    torch.testing.assert_close(half["unet.q.lora_B.weight"] @ half["unet.q.lora_A.weight"], 2 * b @ a)
+    torch.testing.assert_close(half["text_encoder.k.lora_B.weight"] @ half["text_encoder.k.lora_A.weight"],
+                               (b - 1) @ (a + 1))
+
+
+def test_lora_parts_truncates_a_change_to_its_top_singular_directions():
+    """diag(3, 2, 1) as B @ A of rank 3: rank 2 keeps diag(3, 2, 0); a module already of the rank stays as it is."""
+    import torch
+
+    lora_parts = load_script(TUNING / "lora_parts.py")
+    a, b = torch.eye(3), torch.diag(torch.tensor([3.0, 2.0, 1.0]))
+    kept = lora_parts.truncated({"unet.q.lora_A.weight": a, "unet.q.lora_B.weight": b}, 2)
+    assert kept["unet.q.lora_A.weight"].shape == (2, 3)
+    torch.testing.assert_close(kept["unet.q.lora_B.weight"] @ kept["unet.q.lora_A.weight"],
+                               torch.diag(torch.tensor([3.0, 2.0, 0.0])))
+    same = lora_parts.truncated({"unet.q.lora_A.weight": a, "unet.q.lora_B.weight": b}, 3)
+    assert same["unet.q.lora_A.weight"] is a
+
+
+def test_lora_parts_shrinks_a_soup_by_where_its_members_disagree():
+    """Members' changes 1 and 3 (times one matrix): mean 2, squared standard error ((1-2)^2 + (3-2)^2) / 2 = 1 per
+    element, so the factor is 1 - 1 / 4 = 0.75; members that agree leave the soup as it is."""
+    import torch
+
+    lora_parts = load_script(TUNING / "lora_parts.py")
+    a = torch.tensor([[1.0, 0.0]])
+    member = lambda scale: {"unet.q.lora_A.weight": a, "unet.q.lora_B.weight": torch.tensor([[scale]])}  # noqa: E731
+    soup = {"unet.q.lora_A.weight": torch.cat([a, a]), "unet.q.lora_B.weight": torch.tensor([[0.5, 1.5]])}
+    shrunk = lora_parts.shrunk(soup, [member(1.0), member(3.0)])
+    torch.testing.assert_close(shrunk["unet.q.lora_B.weight"] @ shrunk["unet.q.lora_A.weight"],
+                               torch.tensor([[1.5, 0.0]]))
+    agreed = lora_parts.shrunk(soup, [member(2.0), member(2.0)])
+    torch.testing.assert_close(agreed["unet.q.lora_B.weight"], soup["unet.q.lora_B.weight"])
 
 
 def test_average_checkpoints_means_weights_and_adam_moments_and_keeps_each_runs_own(tmp_path):
