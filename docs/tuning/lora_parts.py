@@ -1,9 +1,9 @@
 """Where a run's held-out gain (and its drift) lives: each run's LoRA split into its UNet part and its text encoder
-part, or its components scaled by other factors, or its change truncated to a lower rank, each evaluated alone
-(docs/tuning.md, sections 42, 50 and 51).
+part, its components scaled by other factors, its change truncated to a lower rank, or a soup shrunk where its
+members disagree, each evaluated alone (docs/tuning.md, sections 42, 50 and 51).
 
     python docs/tuning/lora_parts.py BASE_RESULTS.json RUN... --out DIR [--images-per-prompt 32] [--jobs 2]
-        [--scales unet=1,text_encoder=0.5 ...] [--rank 4 ...] [--eval-arg=--eta --eval-arg=0]
+        [--scales unet=1,text_encoder=0.5 ...] [--rank 4 ...] [--shrink] [--eval-arg=--eta --eval-arg=0]
 
 For each RUN, `diffrl soup RUN --weights 1` (the run's adapter with its alpha / rank folded in, so each component
 loads at scale 1) is written to DIR/adapters/NAME_whole. Each --scales set (default: the two parts, unet=1,text_encoder=0
@@ -19,6 +19,7 @@ run's, when DIR/NAME holds its evaluation (as pair_soups.py writes it).
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -101,8 +102,6 @@ def shrunk(tensors: dict[str, torch.Tensor], members: list[dict[str, torch.Tenso
 def variants(run: Path, out: Path, scale_sets: list[dict[str, float]], ranks: list[int], shrink: bool
              ) -> dict[str, Path]:
     """DIR per variant of the run's adapter (alpha / rank folded in): each scale set, each rank, the shrunk soup."""
-    import json
-
     from safetensors.torch import load_file, save_file
 
     from diffrl.soup import LORA_FILE, soup_files
