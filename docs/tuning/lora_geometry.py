@@ -19,11 +19,16 @@ from safetensors.torch import load_file
 from trajectory_average import snapshots
 
 
-def lora_pairs(checkpoint: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(A, B) of every LoRA module of a checkpoint's trainable weights, as float64 matrices, by A's key."""
-    weights = load_file(str(checkpoint / "trainable.safetensors"))
+def module_pairs(weights: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) of every LoRA module of a state dict (a checkpoint's or an adapter file's), as float64 matrices, by A's
+    key."""
     return {key: (weights[key].flatten(1).double(), weights[key.replace(".lora_A.", ".lora_B.")].flatten(1).double())
             for key in sorted(k for k in weights if ".lora_A." in k)}
+
+
+def lora_pairs(checkpoint: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`module_pairs` of a checkpoint's trainable weights."""
+    return module_pairs(load_file(str(checkpoint / "trainable.safetensors")))
 
 
 def product_change(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

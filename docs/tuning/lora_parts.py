@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from pair_soups import evaluate, paired_change  # this directory's script: the same evaluation and reading
+from lora_geometry import module_pairs  # this directory's scripts: the same (A, B) pairing, evaluation and reading
+from pair_soups import evaluate, paired_change
 
 COMPONENTS = ("unet", "text_encoder")
 PARTS = tuple({c: float(c == part) for c in COMPONENTS} for part in COMPONENTS)
@@ -89,12 +90,12 @@ def shrunk(tensors: dict[str, torch.Tensor], members: list[dict[str, torch.Tenso
     M * max(0, 1 - v / |M|^2), v = sum_i |D_i - M|^2 / (n (n - 1)) the squared standard error of the mean of the
     members' changes D_i (James-Stein's factor, module by module)."""
     adapter = dict(tensors)
-    for key_a in (key for key in tensors if ".lora_A." in key):
-        key_b = key_a.replace(".lora_A.", ".lora_B.")
-        changes = torch.stack([m[key_b].flatten(1).double() @ m[key_a].flatten(1).double() for m in members])
+    n, member_pairs = len(members), [module_pairs(m) for m in members]
+    for key_a in module_pairs(tensors):
+        changes = torch.stack([b @ a for a, b in (pairs[key_a] for pairs in member_pairs)])
         mean = changes.mean(0)
-        n = len(members)
         variance = (changes - mean).square().sum() / (n * (n - 1))
+        key_b = key_a.replace(".lora_A.", ".lora_B.")
         adapter[key_b] = tensors[key_b] * float((1 - variance / mean.square().sum()).clamp(min=0))
     return adapter
 
@@ -147,11 +148,11 @@ def main() -> None:
     parser.add_argument("--eval-arg", action="append", default=[], help="one more `diffrl evaluate` argument")
     args = parser.parse_args()
     scale_sets = args.scales or ([] if args.rank or args.shrink else list(PARTS))
-    names = [suffix(scales) for scales in scale_sets] + [f"rank{rank}" for rank in args.rank] + ["shrunk"] * args.shrink
     jobs = []
     for run in args.runs:
-        for name, adapter in variants(run, args.out / "adapters", scale_sets, args.rank, args.shrink).items():
-            jobs.append((f"{run.name}_{name}", [adapter]))  # pair_soups.evaluate: one adapter, no soup
+        made = variants(run, args.out / "adapters", scale_sets, args.rank, args.shrink)
+        jobs += [(f"{run.name}_{name}", [adapter]) for name, adapter in made.items()]  # pair_soups.evaluate: no soup
+    names = list(made)  # every run has the same variants
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done = dict(zip((name for name, _ in jobs), pool.map(lambda job: evaluate(job, args), jobs)))
