@@ -29,6 +29,40 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
                           for a, b in itertools.combinations(vectors, 2)]))
 
 
+def mirrored_noise(generator: torch.Generator, k: int):
+    """A noise source whose draws for P*K rows pair sample j of each group with sample j + K/2, negated."""
+    def draw(shape: tuple[int, ...]) -> torch.Tensor:
+        half = torch.randn((shape[0] // k, k // 2, *shape[1:]), generator=generator)
+        return torch.cat([half, -half], dim=1).reshape(shape)
+    return draw
+
+
+def leave_pair_out(rewards: torch.Tensor) -> torch.Tensor:
+    """(P, K) -> (P, K): r_i minus the mean of the group's K - 2 others that are neither i nor its mirror j +- K/2."""
+    k = rewards.shape[-1]
+    mirror = rewards.roll(k // 2, dims=-1)
+    return rewards - (rewards.sum(-1, keepdim=True) - rewards - mirror) / (k - 2)
+
+
+def mirror_agreement(rewards: torch.Tensor) -> str:
+    """How alike mirrored samples' rewards are, within prompts: the share of mirror pairs (j, j + K/2) with equal
+    rewards against the share of the group's other pairs, and the correlation of their deviations from the group
+    mean against the other pairs' (-1/(K-1) for exchangeable independent samples)."""
+    k = rewards.shape[-1]
+    deviation = rewards - rewards.mean(-1, keepdim=True)
+    mirror = [(j, j + k // 2) for j in range(k // 2)]
+    others = [(i, j) for i in range(k) for j in range(i + 1, k) if (i, j) not in mirror]
+
+    def stats(pairs):
+        a, b = zip(*pairs)
+        equal = float((rewards[:, list(a)] == rewards[:, list(b)]).float().mean())
+        x, y = deviation[:, list(a)].reshape(-1), deviation[:, list(b)].reshape(-1)
+        return equal, float((x * y).mean() / (x.pow(2).mean() * y.pow(2).mean()).sqrt().clamp(min=1e-12))
+
+    (me, mc), (oe, oc) = stats(mirror), stats(others)
+    return f"equal rewards: mirror pairs {me:.3f}, other pairs {oe:.3f}; deviation correlation {mc:+.3f} vs {oc:+.3f}"
+
+
 @torch.no_grad()
 def x0_values(policy, vae, traj, embeds, uncond, reward, texts, metas) -> torch.Tensor:
     """(n, T): the reward of the decoded x0-prediction at each step's input x_t."""
@@ -51,10 +85,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--prompts-per-batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--advantage", choices=["loo", "x0", "x0-loo", "x0-td"], default="loo",
+    parser.add_argument("--advantage", choices=["loo", "x0", "x0-loo", "x0-td", "leave-pair-out"], default="loo",
                         help="loo: r_i - mean_{j!=i} r_j for every step; x0: r - V(x_t) with V the reward of the "
                              "decoded x0-prediction at x_t (a state-dependent baseline); x0-loo: leave-one-out "
-                             "over the group of r - V(x_t); x0-td: V(x_{t-1}) - V(x_t) with V(x_0) = r")
+                             "over the group of r - V(x_t); x0-td: V(x_{t-1}) - V(x_t) with V(x_0) = r; "
+                             "leave-pair-out: r_i minus the mean of the group's others except i's mirror "
+                             "(unbiased under --antithetic)")
+    parser.add_argument("--antithetic", action="store_true",
+                        help="mirrored noise: in each group of K, sample j and sample j + K/2 start from x_T and -x_T "
+                             "and draw each step's noise with opposite signs")
     args = parser.parse_args()
     pipe, policy, latent_shape = base_policy(args)
     add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])  # the policy's UNet, adapted in place
@@ -70,18 +109,23 @@ def main() -> None:
     for b in range(args.batches):
         batch = [prompts[i] for i in rng.integers(len(prompts), size=args.prompts_per_batch)]
         embeds = encode_prompts(pipe, [p for p, _ in batch], "cpu")
+        source = mirrored_noise(noise_gen, args.k) if args.antithetic else None
         with torch.no_grad():
             traj = sample_trajectories(policy, pipe.vae, embeds, uncond, args.k, timesteps, prev_timesteps,
-                                       latent_shape, noise_gen)
+                                       latent_shape, noise_gen, noise_source=source)
         texts = [p for p, _ in batch for _ in range(args.k)]
         metas = [m for _, m in batch for _ in range(args.k)]
         rewards = torch.as_tensor(reward(traj.images, texts, metas), dtype=torch.float32)
         advantages = leave_one_out(rewards.reshape(-1, args.k)).reshape(-1)
+        if args.advantage == "leave-pair-out":
+            advantages = leave_pair_out(rewards.reshape(-1, args.k)).reshape(-1)
+        if args.antithetic:
+            print("   " + mirror_agreement(rewards.reshape(-1, args.k)), flush=True)
         print(f"batch {b}: mean reward {float(rewards.mean()):.3f}, nonzero advantages "
               f"{int((advantages.abs() > 1e-6).sum())}/{len(advantages)}", flush=True)
         n = len(traj)
         values = None
-        if args.advantage != "loo":
+        if args.advantage not in ("loo", "leave-pair-out"):
             values = x0_values(policy, pipe.vae, traj, embeds, uncond, reward, texts, metas)  # (n, T)
             values = torch.cat([values, rewards[:, None]], dim=1)  # V(x_0) = r
             explained = [float(np.corrcoef(values[:, j], rewards)[0, 1]) if values[:, j].std() > 0 else 0.0

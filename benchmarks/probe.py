@@ -20,6 +20,8 @@ def probe_parser(doc: str, prompts: str, reward: str | None = "shapes") -> argpa
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lora", help="a LoRA directory (e.g. a run's lora/ or a `diffrl soup`) to measure instead of the "
+                                       "base; loaded into the UNet and, if it holds any, the text encoder")
     return parser
 
 
@@ -28,6 +30,8 @@ def base_policy(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     pipe = load_pipeline(resolve_model(args.model))
+    if getattr(args, "lora", None):
+        pipe.load_lora_weights(args.lora)
     policy = Policy.from_scheduler(pipe.unet, pipe.scheduler, "cpu", eta=1.0, guidance_scale=args.guidance)
     size = pipe.unet.config.sample_size
     return pipe, policy, (pipe.unet.config.in_channels, size, size)

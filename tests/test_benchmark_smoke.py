@@ -96,3 +96,33 @@ def test_relation_use_probe_edits_only_what_it_names(monkeypatch):
     assert texts["swapped subject/object"][0] == f"{b} above {a}"
     assert texts["inverted relation"][1] == texts["true"][1].replace("to the left of", "to the right of")
     assert texts["empty"] == ["", ""]
+
+
+def test_gradient_snr_mirrored_noise_and_its_unbiased_baseline():
+    """Antithetic groups: sample j and j + K/2 of every group draw opposite noise; the leave-pair-out baseline leaves
+    out each sample's mirror, whose reward depends on its noise."""
+    import sys
+
+    import torch
+
+    module = load_benchmark("gradient_snr")
+    sys.modules.pop("probe", None)
+    draw = module.mirrored_noise(torch.Generator().manual_seed(0), k=4)
+    noise = draw((2 * 4, 3)).reshape(2, 4, 3)  # 2 prompts x K = 4
+    assert torch.equal(noise[:, 2:], -noise[:, :2]) and not torch.equal(noise[:, 0], noise[:, 1])
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 1.0]])  # mirrors: (0, 2) and (1, 3)
+    # sample 0 against r_1, r_3 (not its mirror r_2): 1 - 0.5; sample 1 against r_0, r_2: 0 - 1; sample 2 against
+    # r_1, r_3: 1 - 0.5; sample 3 against r_0, r_2: 1 - 1
+    assert torch.allclose(module.leave_pair_out(rewards), torch.tensor([[0.5, -1.0, 0.5, 0.0]]))
+
+
+def test_gradient_snr_mirror_agreement_compares_mirror_pairs_with_the_groups_other_pairs():
+    import sys
+
+    import torch
+
+    module = load_benchmark("gradient_snr")
+    sys.modules.pop("probe", None)
+    # K = 4, mirrors (0, 2) and (1, 3) agree; of the other pairs (0, 1), (0, 3), (1, 2), (2, 3) none does
+    line = module.mirror_agreement(torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+    assert line.startswith("equal rewards: mirror pairs 1.000, other pairs 0.000; deviation correlation +1.000 vs -1.000")

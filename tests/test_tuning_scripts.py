@@ -260,3 +260,40 @@ def test_room_finds_a_contrast_unshown_when_either_object_never_meets_the_others
     unshown = [text for text, meta in held_out if room.unshown_contrast((text, meta), union)]
     assert len(unshown) == 6
     assert all("orange triangle" in p and ("red" in p or "yellow" in p) for p in unshown)
+
+
+def test_with_settings_writes_a_branchs_settings_and_refuses_an_unknown_key(tmp_path):
+    import pytest
+    import yaml
+
+    from diffrl.config import load_config, resume_conflicts
+    from diffrl.errors import DiffrlError
+
+    module = load_script(TUNING / "with_settings.py")
+    path = tmp_path / "config.yaml"
+    path.write_text("train:\n  step_weight_power: 1.0\n  learning_rate: 0.002\nrun:\n  epochs: 60\n")
+    before = load_config(path)
+    module.with_settings(path, ["train.step_weight_power=0.5", "sample.k=6"])
+    assert sorted(resume_conflicts(before, load_config(path))) == [
+        "sample.k (4 -> 6)", "train.step_weight_power (1.0 -> 0.5)"]
+    assert yaml.safe_load(path.read_text())["train"] == {"step_weight_power": 0.5, "learning_rate": 0.002}
+    text = path.read_text()
+    with pytest.raises(DiffrlError, match="unknown config key"):
+        module.with_settings(path, ["train.no_such_key=1"])
+    assert path.read_text() == text
+
+
+def test_te_token_parts_moves_only_the_named_words_back_toward_the_base():
+    import torch
+
+    module = load_script(TUNING / "te_token_parts.py")
+    words = [["<|startoftext|>", "a", "red", "circle", "<|endoftext|>"]]
+    assert [module.token_kind(w, "<|startoftext|>") for w in words[0]] == [
+        "start", "other words", "color", "shape", "end / padding"]
+    base = torch.zeros(1, 5, 2)
+    lora = torch.arange(10.0).reshape(1, 5, 2)
+    mixed = module.mix_at_words(lora, base, words, {"red", "<|endoftext|>"}, keep=0.25)
+    expected = lora.clone()
+    expected[0, 2], expected[0, 4] = 0.25 * lora[0, 2], 0.25 * lora[0, 4]
+    assert torch.equal(mixed, expected)
+    assert torch.equal(module.mix_at_words(lora, base, words, {"red"}, keep=1.0), lora)

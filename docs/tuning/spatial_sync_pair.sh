@@ -8,7 +8,9 @@
 #
 #   bash docs/tuning/spatial_sync_pair.sh OUT [FIRST_SEED [SECOND_SEED [SYNC_EPOCHS [TRAIN_ARG...]]]]
 #       # defaults: seeds 0 and FIRST_SEED + 1, SYNC_EPOCHS 30 (several: comma-separated, e.g. 10,20,30);
-#       # TRAIN_ARGs go to both `diffrl train`s
+#       # TRAIN_ARGs go to both `diffrl train`s, except `--after-sync KEY=VALUE` (repeatable): a setting written into
+#       # both runs' config.yaml after the last average (with_settings.py), so that the last phase trains with it
+#       # (section 52: --after-sync train.step_weight_power=0.5)
 #   Its paired control, the same two runs continued without the average (section 44):
 #   bash docs/tuning/branch_pair.sh OUT OUT_PLAIN SYNC_EPOCH plain
 set -euo pipefail
@@ -22,6 +24,18 @@ for sync_epoch in "${sync_epochs[@]}"; do  # the stop signal goes out after the 
   [ "$sync_epoch" -ge $((previous + 2)) ] || { echo "SYNC_EPOCHS must rise by 2 or more from 0 (got ${sync_epochs[*]})"; exit 2; }
   previous=$sync_epoch
 done
+train_args=(); after_sync=()
+while [ $# -gt 0 ]; do
+  if [ "$1" == --after-sync ]; then
+    after_sync+=("${2:?--after-sync needs KEY=VALUE}"); shift 2
+  else
+    train_args+=("$1"); shift
+  fi
+done
+if [ ${#after_sync[@]} -gt 0 ]; then  # a bad key or value stops here, not after the first phase
+  python -c 'import sys; from diffrl.config import load_config, parse_overrides
+load_config("shapes_spatial", parse_overrides(sys.argv[1:]))' "${after_sync[@]}"
+fi
 here="$(dirname "$0")"
 mkdir -p "$out"
 epochs_done() { local n; n=$(grep -c '"sample_s"' "$out/seed$1/metrics.jsonl" 2>/dev/null) || true; echo "${n:-0}"; }
@@ -45,7 +59,6 @@ start() {  # SEED: the run's first phase, or its resumption after an average (ex
         --set run.progress=false "${train_args[@]}" --out "$out/seed$1" > "$out/seed$1.log" 2>&1
   fi
 }
-train_args=("$@")
 
 # Each phase runs both to the next SYNC_EPOCH. The signal is sent once a run has logged the epoch before it and passed
 # its end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
@@ -75,7 +88,10 @@ for sync_epoch in "${sync_epochs[@]}"; do
   python "$here/average_checkpoints.py" "$out/seed${seeds[0]}" "$out/seed${seeds[1]}" --epoch "$sync_epoch"
 done
 
-# The last phase: both resume from the last average with their own noise; then the soup.
+# The last phase: both resume from the last average with their own noise (and the --after-sync settings); then the soup.
+if [ ${#after_sync[@]} -gt 0 ]; then
+  for seed in "${seeds[@]}"; do python "$here/with_settings.py" "$out/seed$seed/config.yaml" "${after_sync[@]}"; done
+fi
 pids=()
 for seed in "${seeds[@]}"; do start "$seed" & pids+=($!); done
 for pid in "${pids[@]}"; do wait "$pid"; done
