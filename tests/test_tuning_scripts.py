@@ -297,3 +297,14 @@ def test_te_token_parts_moves_only_the_named_words_back_toward_the_base():
     expected[0, 2], expected[0, 4] = 0.25 * lora[0, 2], 0.25 * lora[0, 4]
     assert torch.equal(mixed, expected)
     assert torch.equal(module.mix_at_words(lora, base, words, {"red"}, keep=1.0), lora)
+
+
+def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(tmp_path):
+    """A bad --after-sync key stops the script before it makes OUT or starts a run (not after the first phase)."""
+    import subprocess
+
+    out = tmp_path / "pair"
+    result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30",
+                             "--after-sync", "train.no_such_key=1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
+    assert not out.exists()
