@@ -95,6 +95,8 @@ def main() -> None:
                         help="mirrored noise: in each group of K, sample j and sample j + K/2 start from x_T and -x_T "
                              "and draw each step's noise with opposite signs")
     args = parser.parse_args()
+    if (args.antithetic or args.advantage == "leave-pair-out") and (args.k % 2 or args.k < 4):
+        parser.error("--antithetic and leave-pair-out pair each group's samples: --k must be even and >= 4")
     pipe, policy, latent_shape = base_policy(args)
     add_lora(pipe.unet, 4, 4.0, ["to_k", "to_q", "to_v", "to_out.0"])  # the policy's UNet, adapted in place
     sch = pipe.scheduler
@@ -116,9 +118,8 @@ def main() -> None:
         texts = [p for p, _ in batch for _ in range(args.k)]
         metas = [m for _, m in batch for _ in range(args.k)]
         rewards = torch.as_tensor(reward(traj.images, texts, metas), dtype=torch.float32)
-        advantages = leave_one_out(rewards.reshape(-1, args.k)).reshape(-1)
-        if args.advantage == "leave-pair-out":
-            advantages = leave_pair_out(rewards.reshape(-1, args.k)).reshape(-1)
+        baseline = leave_pair_out if args.advantage == "leave-pair-out" else leave_one_out
+        advantages = baseline(rewards.reshape(-1, args.k)).reshape(-1)
         if args.antithetic:
             print("   " + mirror_agreement(rewards.reshape(-1, args.k)), flush=True)
         print(f"batch {b}: mean reward {float(rewards.mean()):.3f}, nonzero advantages "
