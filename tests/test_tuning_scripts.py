@@ -301,10 +301,15 @@ def test_te_token_parts_moves_only_the_named_words_back_toward_the_base():
 
 def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(tmp_path):
     """A bad --after-sync key stops the script before it makes OUT or starts a run (not after the first phase)."""
+    import os
     import subprocess
+    import sys
+    from pathlib import Path
 
     out = tmp_path / "pair"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as if activated
     result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30",
-                             "--after-sync", "train.no_such_key=1"], capture_output=True, text=True, timeout=120)
+                             "--after-sync", "train.no_such_key=1"], capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
     assert not out.exists()
