@@ -32,11 +32,10 @@ while [ $# -gt 0 ]; do
     train_args+=("$1"); shift
   fi
 done
-if [ ${#after_sync[@]} -gt 0 ]; then  # a bad key or value stops here, not after the first phase
-  python -c 'import sys; from diffrl.config import load_config, parse_overrides
-load_config("shapes_spatial", parse_overrides(sys.argv[1:]))' "${after_sync[@]}"
-fi
 here="$(dirname "$0")"
+if [ ${#after_sync[@]} -gt 0 ]; then  # a bad key or value stops here, not after the first phase
+  python "$here/with_settings.py" --check shapes_spatial "${after_sync[@]}"
+fi
 mkdir -p "$out"
 epochs_done() { local n; n=$(grep -c '"sample_s"' "$out/seed$1/metrics.jsonl" 2>/dev/null) || true; echo "${n:-0}"; }
 
