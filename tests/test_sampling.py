@@ -46,6 +46,20 @@ def test_sampling_is_reproducible_for_a_seed(setup):
     assert not torch.equal(a.latents, c.latents)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_chunked_sampling_draws_the_same_trajectories(setup, chunk_size):
+    """Each step's noise is drawn for the whole batch before it is split, so chunks change no sample (here: 6
+    samples in calls of 1, or of 4 and 2), only how many rows each denoiser call sees (and so the rounding)."""
+    whole, _ = sample(setup, seed=5)
+    chunked, _ = sample(setup, seed=5, chunk_size=chunk_size)
+    torch.testing.assert_close(chunked.latents, whole.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(chunked.log_probs, whole.log_probs, rtol=1e-4, atol=1e-4)
+    assert chunked.prompt_index.tolist() == whole.prompt_index.tolist()
+    branched, _ = sample(setup, seed=5, chunk_size=chunk_size, branch_step=2, branches=2)
+    torch.testing.assert_close(branched.latents, sample(setup, seed=5, branch_step=2, branches=2)[0].latents,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_recomputed_log_probs_equal_stored_ones_batched_over_timesteps(setup):
     """With unchanged weights the importance ratio is exactly 1 (up to float rounding) at the first inner step."""
     pipe, policy, timesteps, prev, embeds, uncond = setup

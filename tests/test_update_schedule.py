@@ -1,7 +1,8 @@
 """The default update schedule (config.minibatches / inner_epochs / chunk_size): pure functions of the config."""
 import pytest
 
-from diffrl.config import chunk_size, inner_epochs, load_config, minibatches, validate
+from diffrl.config import (chunk_size, inner_epochs, load_config, minibatches, sampling_chunk_size,
+                           validate)
 from diffrl.errors import DiffrlError
 
 
@@ -34,3 +35,13 @@ def test_chunk_size_default_is_one_call_on_cpu_up_to_256_pairs_and_8_on_a_gpu_an
     assert chunk_size(explicit, 144, cuda=False) == chunk_size(explicit, 144, cuda=True) == 32
     with pytest.raises(DiffrlError, match="train.chunk_size must be >= 1"):
         validate(load_config(overrides={"train.chunk_size": 0}))
+
+
+def test_sampling_chunk_size_default_is_64_images_on_cpu_the_whole_batch_on_a_gpu_and_explicit_values_win():
+    default = load_config().sample
+    assert sampling_chunk_size(default, cuda=False) == 64  # the spatial preset's 1,024 images: 16 calls per step
+    assert sampling_chunk_size(default, cuda=True) is None
+    explicit = load_config(overrides={"sample.chunk_size": 100}).sample
+    assert sampling_chunk_size(explicit, cuda=False) == sampling_chunk_size(explicit, cuda=True) == 100
+    with pytest.raises(DiffrlError, match="sample.chunk_size must be >= 1"):
+        validate(load_config(overrides={"sample.chunk_size": 0}))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffrl.config import sampling_chunk_size
 from diffrl.models.pipeline import denoiser, image_size
 from diffrl.prompts import Prompt
 from diffrl.rewards.base import Reward, check_rewards, split_reward_spec
@@ -37,10 +38,12 @@ class EvalResult:
 @torch.no_grad()
 def generate_fixed_seed(pipe, policy: Policy | FlowPolicy, prompts: list[Prompt], images_per_prompt: int, seed: int,
                         num_steps: int, latent_shape: tuple[int, int, int], batch_prompts: int = 8,
-                        max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH) -> tuple:
+                        max_sequence_length: int = SD3_MAX_SEQUENCE_LENGTH, chunk_size: int | None = None) -> tuple:
     """Images for every prompt with per-(prompt, image) seeded noise. Returns (images, texts, metadata).
 
     `max_sequence_length`: SD3's T5 prompt length (sample.max_sequence_length), the one the policy was trained with.
+    `chunk_size`: at most this many images per denoiser call (`sample_trajectories`; None: `batch_prompts` prompts'
+    images in one).
     """
     device = denoiser(pipe).device
     timesteps, prev_timesteps = policy.schedule(pipe.scheduler, num_steps, device)
@@ -56,7 +59,7 @@ def generate_fixed_seed(pipe, policy: Policy | FlowPolicy, prompts: list[Prompt]
             return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
 
         traj = sample_trajectories(policy, pipe.vae, embeds, uncond, images_per_prompt, timesteps, prev_timesteps,
-                                   latent_shape, None, noise_source=per_sample_noise)
+                                   latent_shape, None, noise_source=per_sample_noise, chunk_size=chunk_size)
         images.append(traj.images)
         for p, m in chunk:
             texts += [p] * images_per_prompt
@@ -74,7 +77,8 @@ def sample_evaluation_images(pipe, sample_config, prompts: list[Prompt], images_
     size = image_size(pipe, resolution) // pipe.vae_scale_factor
     return generate_fixed_seed(pipe, policy, prompts, images_per_prompt, seed, sample_config.num_steps,
                                (network.config.in_channels, size, size),
-                               max_sequence_length=sample_config.max_sequence_length)
+                               max_sequence_length=sample_config.max_sequence_length,
+                               chunk_size=sampling_chunk_size(sample_config, network.device.type == "cuda"))
 
 
 def score_images(images: np.ndarray, texts: list[str], metas: list[dict], rewards: dict[str, Reward]) -> dict[str, np.ndarray]:

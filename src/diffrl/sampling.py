@@ -233,6 +233,7 @@ def sample_trajectories(
     branches: int = 1,
     on_step=None,
     noise_source: Callable[[tuple[int, ...]], Tensor] | None = None,
+    chunk_size: int | None = None,
 ) -> Trajectories:
     """Sample K trajectories for each of P prompts in one batch (P*K*B samples).
 
@@ -240,6 +241,8 @@ def sample_trajectories(
     trajectories, then each is copied into `branches` siblings that run steps [s, T) with independent
     noise. Noise is drawn from `generator` (kept on the CPU so runs reproduce across devices), or from
     `noise_source(shape)` when given (fixed-seed evaluation draws each sample's noise from its own generator).
+    `chunk_size`: samples per denoiser call (None: all); each step's noise is drawn for every sample first, so the
+    trajectories do not depend on it.
     """
     if noise_source is None:
         noise_source = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
@@ -263,11 +266,13 @@ def sample_trajectories(
         n = x.shape[0]
         t = timesteps[i].expand(n)
         prev_t = prev_timesteps[i].expand(n)
-        result = policy.step(x, t, prev_t, prompt_embeds[prompt_index], uncond_embed.expand(n, -1, -1),
-                             noise=noise_source(tuple(x.shape)))
-        x = result.prev_sample
+        noise = noise_source(tuple(x.shape))
+        chunks = [policy.step(xs, ts, prev_ts, prompt_embeds[index], uncond_embed.expand(len(xs), -1, -1), noise=ns)
+                  for xs, ts, prev_ts, index, ns in zip(*(v.split(chunk_size or n)
+                                                          for v in (x, t, prev_t, prompt_index, noise)))]
+        x = torch.cat([c.prev_sample for c in chunks])
         latents.append(x)
-        log_probs.append(result.log_prob)
+        log_probs.append(torch.cat([c.log_prob for c in chunks]))
         if on_step is not None:
             on_step(i, n)
     return Trajectories(

@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from diffrl import checkpoint as ckpt
-from diffrl.config import Config, branches
+from diffrl.config import Config, branches, sampling_chunk_size
 from diffrl.core import b2 as b2core
 from diffrl.core.estimators import compute_advantages
 from diffrl.core.prompt_filter import draw_skipping_flat, flat_prompts, update_flat_set
@@ -202,7 +202,8 @@ def sample_epoch(run: RunState, branch_step: int | None, metrics: dict
                                            s.max_sequence_length)
             traj = sample_trajectories(run.policy, run.pipe.vae, prompt_embeds, run.uncond, s.k, run.timesteps,
                                        run.prev_timesteps, run.latent_shape, run.noise_gen, branch_step=branch_step,
-                                       branches=branches(run.config))
+                                       branches=branches(run.config),
+                                       chunk_size=sampling_chunk_size(s, run.accelerator.device.type == "cuda"))
             traj.prompt_index = traj.prompt_index + offset
             offset += len(batch)
             parts.append(traj)
@@ -298,7 +299,9 @@ def evaluate(run: RunState, tag: str) -> dict:
     with run.accelerator.autocast():
         images, texts, metas = generate_fixed_seed(run.pipe, run.policy, run.held_out, r.eval_images_per_prompt,
                                                    r.seed, run.config.sample.num_steps, run.latent_shape,
-                                                   max_sequence_length=run.config.sample.max_sequence_length)
+                                                   max_sequence_length=run.config.sample.max_sequence_length,
+                                                   chunk_size=sampling_chunk_size(run.config.sample,
+                                                                                  run.accelerator.device.type == "cuda"))
     run.policy.unet.train()
     error = None
     try:
