@@ -18,6 +18,15 @@ def test_bench_epoch_diffrl_side_runs_on_the_tiny_pipeline(tiny_pipeline_dir, tm
     assert "| diffrl |" in out.with_suffix(".md").read_text()
 
 
+def test_sampling_chunks_times_each_chunk_size_and_checks_it_samples_the_same_images(capsys):
+    bench = load_benchmark("sampling_chunks")
+    bench.main(["--prompts", "2", "--rounds", "1", "--processes", "1", "--chunks", "all", "8"])  # 16 images
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1 process(es) x 1 thread(s), 16 images per batch, 1 round(s)"
+    assert lines[1].startswith("chunk   all: median") and lines[1].endswith("bit-identical to all: True")
+    assert lines[2].startswith("chunk     8: median")  # rounding may differ at 8 images per call: not asserted
+
+
 def test_variant_parsing():
     bench = load_benchmark("bench_epoch")
     assert bench.parse_variant("base") == {}
