@@ -228,7 +228,7 @@ def test_report_names_what_differs_beyond_the_seed(compared, tmp_path, capsys):
     first, second = (c / "config.yaml" for c in copies)
     assert "  step_weight_power: 0.0\n" in first.read_text() and "chunk_size: null" in second.read_text()
     first.write_text(first.read_text().replace("  step_weight_power: 0.0\n", ""))  # a key added after the run
-    second.write_text(second.read_text().replace("chunk_size: null", "chunk_size: 8"))
+    second.write_text(second.read_text().replace("  chunk_size: null\n  clip_range:", "  chunk_size: 8\n  clip_range:"))
     capsys.readouterr()
     assert main(["report", *map(str, copies), "--out", str(tmp_path / "rep")]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "more than their seed" in line]
