@@ -242,7 +242,7 @@ def sample_trajectories(
     noise. Noise is drawn from `generator` (kept on the CPU so runs reproduce across devices), or from
     `noise_source(shape)` when given (fixed-seed evaluation draws each sample's noise from its own generator).
     `chunk_size`: samples per denoiser call (None: all); each step's noise is drawn for every sample first, so the
-    trajectories do not depend on it.
+    trajectories do not depend on it (up to floating-point rounding).
     """
     if noise_source is None:
         noise_source = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
