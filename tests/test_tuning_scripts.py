@@ -313,3 +313,30 @@ def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(t
                             env=env)
     assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
     assert not out.exists()
+
+
+def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_rest(tmp_path):
+    import json
+
+    import torch
+
+    from diffrl.run_state import seeded_generators
+
+    reseed = load_script(TUNING / "reseed_checkpoint.py")
+    old = seeded_generators(12, rank=0)
+    torch.randn(5, generator=old["noise_gen"])  # the copied run's streams, advanced as a run's are
+    old["prompt_rng"].random(3)
+    state = {"counters": {"epoch": 30}, "prompt_rng": [old["prompt_rng"].bit_generator.state]}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    torch.save({"noise": [old["noise_gen"].get_state()], "train": old["train_gen"].get_state()}, tmp_path / "rng.pt")
+
+    reseed.reseed(tmp_path, 14)
+
+    new_state = json.loads((tmp_path / "state.json").read_text())
+    rng = torch.load(tmp_path / "rng.pt", weights_only=False)
+    fresh = seeded_generators(14, rank=0)
+    assert new_state["counters"] == {"epoch": 30}
+    assert new_state["prompt_rng"] == [fresh["prompt_rng"].bit_generator.state]
+    assert torch.equal(rng["noise"][0], fresh["noise_gen"].get_state())
+    assert torch.equal(rng["train"], fresh["train_gen"].get_state())
+    assert not torch.equal(rng["noise"][0], old["noise_gen"].get_state())

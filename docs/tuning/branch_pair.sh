@@ -12,13 +12,24 @@
 # The checkpoint taken is SRC/seedN/own_epoch_EPOCH where the source was averaged at EPOCH (its own weights,
 # before the average), else SRC/seedN/checkpoints/epoch_EPOCH (keep them with --set run.keep_checkpoints=10).
 #
-#   bash docs/tuning/branch_pair.sh SRC DST EPOCH plain|average [SETTING...]
+# With --new-seeds A,B (section 54) the copies are further members of the pair instead: DST/seedA and DST/seedB, each
+# with the random streams of a new run at its seed (reseed_checkpoint.py, after the average; run.seed set to match),
+# so that their last phase draws noise of its own. SRC's members are deterministic on one machine: they are what a
+# last phase with four members would train beside these two (soup any of them together with `diffrl soup`).
+#
+#   bash docs/tuning/branch_pair.sh SRC DST EPOCH plain|average [--new-seeds A,B] [SETTING...]
 #   e.g. the plain pair of a synchronized one:  bash docs/tuning/branch_pair.sh runs/s23/e30 runs/s23/plain 30 plain
+#        two more members from its average:    bash docs/tuning/branch_pair.sh runs/s53/new_s1213 runs/s54/extra 30 average --new-seeds 14,15
 set -euo pipefail
-usage="usage: branch_pair.sh SRC DST EPOCH plain|average [SETTING...]"
+usage="usage: branch_pair.sh SRC DST EPOCH plain|average [--new-seeds A,B] [SETTING...]"
 src=${1:?$usage}; dst=${2:?$usage}; epoch=${3:?$usage}; mode=${4:?$usage}
 [[ "$mode" == plain || "$mode" == average ]] || { echo "$usage"; exit 2; }
 shift 4
+new_seeds=()
+if [ "${1:-}" == --new-seeds ]; then
+  IFS=, read -r -a new_seeds <<< "${2:?--new-seeds needs A,B}"; shift 2
+  [ ${#new_seeds[@]} -eq 2 ] || { echo "--new-seeds needs two seeds, A,B"; exit 2; }
+fi
 settings=("$@")
 [ -e "$dst" ] && { echo "$dst exists; choose a new DST"; exit 2; }
 here="$(dirname "$0")"
@@ -36,15 +47,17 @@ done
 runs=()
 for i in "${!sources[@]}"; do
   from=${sources[$i]}; run=${source_runs[$i]}
-  copy="$dst/$(basename "$run")"
+  copy="$dst/$(basename "$run")"; [ ${#new_seeds[@]} -eq 0 ] || copy="$dst/seed${new_seeds[$i]}"
   mkdir -p "$copy/checkpoints"
   cp -r "$from" "$copy/checkpoints/$checkpoint"
   cp "$run/metrics.jsonl" "$copy/"  # the trainer drops the epochs after the checkpoint on resume
   sed "s#^  out: .*#  out: $copy#" "$run/config.yaml" > "$copy/config.yaml"
-  [ ${#settings[@]} -eq 0 ] || python "$here/with_settings.py" "$copy/config.yaml" "${settings[@]}"
+  copy_settings=("${settings[@]}"); [ ${#new_seeds[@]} -eq 0 ] || copy_settings+=("run.seed=${new_seeds[$i]}")
+  [ ${#copy_settings[@]} -eq 0 ] || python "$here/with_settings.py" "$copy/config.yaml" "${copy_settings[@]}"
   runs+=("$copy")
 done
 if [ "$mode" == average ]; then python "$here/average_checkpoints.py" "${runs[@]}" --epoch "$epoch"; fi
+for i in "${!new_seeds[@]}"; do python "$here/reseed_checkpoint.py" "${runs[$i]}/checkpoints/$checkpoint" "${new_seeds[$i]}"; done
 
 pids=()
 for run in "${runs[@]}"; do

@@ -193,9 +193,7 @@ def start_run(config: Config, resume: bool) -> RunState:
         tracker=PerPromptStatTracker(t.stat_buffer_size, t.stat_min_count),
         history=b2core.StageRewardHistory(b.history_stages),
         flat_prompts=set(),
-        prompt_rng=np.random.default_rng([r.seed, rank]),
-        noise_gen=torch.Generator().manual_seed(r.seed * 7919 + rank),
-        train_gen=torch.Generator().manual_seed(r.seed * 104729 + 1),  # same on every rank
+        **seeded_generators(r.seed, rank),
         timesteps=timesteps, prev_timesteps=prev_timesteps, step_stds=step_stds,
         latent_shape=(unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
         uncond=encode_prompts(pipe, [""], device, s.max_sequence_length),  # re-encoded each epoch if trained
@@ -399,6 +397,14 @@ def restore(run: RunState) -> dict | None:
     run.flat_prompts = set(state.get("flat_prompts", ()))  # absent from checkpoints older than the key
     set_rng_states(run, (state["prompt_rng"][rank], state["torch_rng"]["noise"][rank], state["torch_rng"]["train"]))
     return state["counters"]
+
+
+def seeded_generators(seed: int, rank: int) -> dict:
+    """A new run's random streams: prompt sampling and sampling noise (one stream per rank), and the training
+    generator (the same on every rank)."""
+    return {"prompt_rng": np.random.default_rng([seed, rank]),
+            "noise_gen": torch.Generator().manual_seed(seed * 7919 + rank),
+            "train_gen": torch.Generator().manual_seed(seed * 104729 + 1)}
 
 
 def rng_states(run: RunState) -> tuple:
