@@ -325,6 +325,7 @@ def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_r
     reseed = load_script(TUNING / "reseed_checkpoint.py")
     old = seeded_generators(12, rank=0)
     torch.randn(5, generator=old["noise_gen"])  # the copied run's streams, advanced as a run's are
+    torch.rand(2, generator=old["train_gen"])
     old["prompt_rng"].random(3)
     state = {"counters": {"epoch": 30}, "prompt_rng": [old["prompt_rng"].bit_generator.state]}
     (tmp_path / "state.json").write_text(json.dumps(state))
@@ -340,3 +341,4 @@ def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_r
     assert torch.equal(rng["noise"][0], fresh["noise_gen"].get_state())
     assert torch.equal(rng["train"], fresh["train_gen"].get_state())
     assert not torch.equal(rng["noise"][0], old["noise_gen"].get_state())
+    assert not torch.equal(rng["train"], old["train_gen"].get_state())
