@@ -316,10 +316,9 @@ def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(t
 
 
 def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_rest(tmp_path):
-    import json
-
     import torch
 
+    from diffrl.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
     from diffrl.run_state import seeded_generators
 
     reseed = load_script(TUNING / "reseed_checkpoint.py")
@@ -327,16 +326,17 @@ def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_r
     torch.randn(5, generator=old["noise_gen"])  # the copied run's streams, advanced as a run's are
     torch.rand(2, generator=old["train_gen"])
     old["prompt_rng"].random(3)
-    state = {"counters": {"epoch": 30}, "prompt_rng": [old["prompt_rng"].bit_generator.state]}
-    (tmp_path / "state.json").write_text(json.dumps(state))
-    torch.save({"noise": [old["noise_gen"].get_state()], "train": old["train_gen"].get_state()}, tmp_path / "rng.pt")
+    weights = {"unet.q.lora_A.weight": torch.arange(6.0).reshape(2, 3)}
+    state = {"counters": {"epoch": 30}, "prompt_rng": [old["prompt_rng"].bit_generator.state],
+             "torch_rng": {"noise": [old["noise_gen"].get_state()], "train": old["train_gen"].get_state()}}
+    save_checkpoint(tmp_path, 30, weights, {"state": {}, "param_groups": []}, state, keep=2)
 
-    reseed.reseed(tmp_path, 14)
+    reseed.reseed(tmp_path, 30, 14)
 
-    new_state = json.loads((tmp_path / "state.json").read_text())
-    rng = torch.load(tmp_path / "rng.pt", weights_only=False)
-    fresh = seeded_generators(14, rank=0)
-    assert new_state["counters"] == {"epoch": 30}
+    trainable, optimizer_state, new_state = load_checkpoint(checkpoint_path(tmp_path, 30))
+    rng, fresh = new_state["torch_rng"], seeded_generators(14, rank=0)
+    assert torch.equal(trainable["unet.q.lora_A.weight"], weights["unet.q.lora_A.weight"])
+    assert optimizer_state == {"state": {}, "param_groups": []} and new_state["counters"] == {"epoch": 30}
     assert new_state["prompt_rng"] == [fresh["prompt_rng"].bit_generator.state]
     assert torch.equal(rng["noise"][0], fresh["noise_gen"].get_state())
     assert torch.equal(rng["train"], fresh["train_gen"].get_state())

@@ -57,7 +57,7 @@ for i in "${!sources[@]}"; do
   runs+=("$copy")
 done
 if [ "$mode" == average ]; then python "$here/average_checkpoints.py" "${runs[@]}" --epoch "$epoch"; fi
-for i in "${!new_seeds[@]}"; do python "$here/reseed_checkpoint.py" "${runs[$i]}/checkpoints/$checkpoint" "${new_seeds[$i]}"; done
+for i in "${!new_seeds[@]}"; do python "$here/reseed_checkpoint.py" "${runs[$i]}" --epoch "$epoch" --seed "${new_seeds[$i]}"; done
 
 pids=()
 for run in "${runs[@]}"; do
