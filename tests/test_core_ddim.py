@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from diffrl.core.ddim import (ddim_step_with_log_prob, gaussian_kl, gaussian_log_prob, schedule_noise_stds,
-                              schedule_x0_coefficients, trained_steps, x0_coefficient)
+from diffrl.core.ddim import (ddim_step_with_log_prob, gaussian_kl, gaussian_log_prob, noised_with_target,
+                              schedule_noise_stds, schedule_x0_coefficients, trained_steps, x0_coefficient)
 
 
 def make_scheduler():
@@ -186,3 +186,15 @@ def test_schedule_x0_coefficients_are_small_at_the_first_steps():
     abar_t, abar_prev = scheduler.alphas_cumprod[timesteps], scheduler.alphas_cumprod[prev.clamp(min=0)]
     torch.testing.assert_close(coefficients[:-1], ((abar_prev - abar_t) / (abar_prev.sqrt() * (1 - abar_t)))[:-1])
     assert coefficients[0] < 0.15 and (coefficients[:-1].diff() > 0).all()  # the mean barely follows x0 at high noise
+
+
+def test_noised_sample_and_target_by_hand():
+    # abar = 0.25: z_t = 0.5 z0 + sqrt(0.75) eps; v = 0.5 eps - sqrt(0.75) z0; eps's target is eps itself
+    z0, eps, abar = torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[0.25]])
+    noised, v = noised_with_target(z0, eps, abar, "v_prediction")
+    torch.testing.assert_close(noised, torch.tensor([[1.0 + math.sqrt(0.75)]]))
+    torch.testing.assert_close(v, torch.tensor([[0.5 - 2 * math.sqrt(0.75)]]))
+    noised_eps, target = noised_with_target(z0, eps, abar, "epsilon")
+    assert torch.equal(noised_eps, noised) and torch.equal(target, eps)
+    with pytest.raises(ValueError, match="prediction_type"):
+        noised_with_target(z0, eps, abar, "sample")

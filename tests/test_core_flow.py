@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from diffrl.core.flow import flow_noise_std, flow_sde_step_with_log_prob, flow_x0_coefficient
+from diffrl.core.flow import flow_noise_std, flow_noised_with_target, flow_sde_step_with_log_prob, flow_x0_coefficient
 
 
 def make_scheduler():
@@ -185,3 +185,11 @@ def test_x0_coefficient_is_the_step_means_derivative_in_the_predicted_image():
     # by hand: (-dt / sigma) (1 + sigma_t^2 (1 - sigma) / (2 sigma)) = 0.4 * (1 + 0.49 * 0.5) = 0.498
     assert math.isclose(coefficient, 0.498, rel_tol=1e-6)
     assert math.isclose(slope.item(), coefficient, rel_tol=1e-5)
+
+
+def test_noised_sample_and_velocity_target_by_hand():
+    # sigma = 0.25: x_t = 0.75 x0 + 0.25 eps = 1.75; v = eps - x0 = -1; at sigma 1 pure noise, at 0 the data
+    x0, eps = torch.tensor([2.0, 2.0, 2.0]), torch.tensor([1.0, 1.0, 1.0])
+    noised, v = flow_noised_with_target(x0, eps, torch.tensor([0.25, 1.0, 0.0]))
+    torch.testing.assert_close(noised, torch.tensor([1.75, 1.0, 2.0]))
+    torch.testing.assert_close(v, torch.tensor([-1.0, -1.0, -1.0]))

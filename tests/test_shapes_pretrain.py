@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from diffrl.errors import DiffrlError
 from diffrl.shapes import BUILTIN_MODELS
-from diffrl.shapes.pretrain import PretrainConfig, denoiser_target, draw_timesteps, loss_weights, pretrain, zero_terminal_snr_scheduler
+from diffrl.core.ddim import noised_with_target
+from diffrl.shapes.pretrain import PretrainConfig, draw_timesteps, loss_weights, pretrain, zero_terminal_snr_scheduler
 
 TINY = dict(vae_channels=(8, 8, 8), block_channels=(8, 16, 16), text_dim=8, text_layers=1,
             vae_steps=2, vae_batch=4, unet_steps=3, unet_batch=4, warmup=1, save_every=0)
@@ -63,10 +64,11 @@ def test_zero_terminal_snr_pretraining_regresses_on_v_and_saves_a_plain_pipeline
     g = torch.Generator().manual_seed(0)
     z0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([0, 500, 999])
-    target = denoiser_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "v_prediction")
+    noised, target = noised_with_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "v_prediction")
     torch.testing.assert_close(target, scheduler.get_velocity(z0, eps, t))
+    torch.testing.assert_close(noised, scheduler.add_noise(z0, eps, t))
     torch.testing.assert_close(target[2], -z0[2])
-    assert torch.equal(denoiser_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "epsilon"), eps)
+    assert torch.equal(noised_with_target(z0, eps, scheduler.alphas_cumprod[t].view(-1, 1, 1, 1), "epsilon")[1], eps)
     with pytest.raises(ValueError, match="loss_weighting"):
         pretrain(tmp_path / "bad", PretrainConfig(**TINY, zero_terminal_snr=True, loss_weighting="v"), progress=False)
 

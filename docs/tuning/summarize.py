@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 KEYS = ["train.learning_rate", "train.clip_range", "train.inner_epochs", "train.minibatches", "train.kl_coef",
-        "train.first_steps", "sample.k", "sample.prompts_per_batch", "model.lora_target_modules", "run.reward",
-        "run.prompts", "run.seed"]
+        "train.ptx_coef", "train.first_steps", "sample.k", "sample.prompts_per_batch", "model.lora_target_modules",
+        "run.reward", "run.prompts", "run.seed"]
 METRIC = "eval/shapes_success"
 
 

@@ -34,6 +34,7 @@ from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
 from diffrl.models.pipeline import (add_lora, add_text_encoder_lora, check_text_encoder_trainable, denoiser,
                                     denoiser_name, frozen_modules, image_size, load_pipeline, resolve_model, save_lora)
+from diffrl.pretraining_data import ImageFolder, ShapesRenders, load_pretraining_data
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
@@ -79,6 +80,7 @@ class RunState:
     # epoch, skipped_updates, nan_rewards, images_seen, consecutive_skips (the skip guard), best_eval:
     # [held-out reward, epoch] (early stop); checkpointed.
     counters: dict
+    pretraining_data: ShapesRenders | ImageFolder | None = None  # train.ptx_data (None: no pretraining loss)
     logger: RunLogger | None = None  # main process only
     saved_epoch: int = 0  # epoch of the newest checkpoint this run wrote or resumed from (0: none)
     save_pending: bool = False  # a checkpoint due while updates were being skipped waits for a clean epoch
@@ -120,6 +122,7 @@ def start_run(config: Config, resume: bool) -> RunState:
     if r.early_stop_drop is not None and prompts.held_out is None:
         raise DiffrlError(f"run.early_stop_drop needs held-out prompts, and there are none: {prompts.note}")
     reward_fn = parse_reward_spec(r.reward)
+    pretraining_data = load_pretraining_data(t.ptx_data, prompts.held_out) if t.ptx_coef else None
     resolve_model(config.model.pretrained)
     prepare_run_dir(out, resume, config)
 
@@ -193,6 +196,7 @@ def start_run(config: Config, resume: bool) -> RunState:
         tracker=PerPromptStatTracker(t.stat_buffer_size, t.stat_min_count),
         history=b2core.StageRewardHistory(b.history_stages),
         flat_prompts=set(),
+        pretraining_data=pretraining_data,
         **seeded_generators(r.seed, rank),
         timesteps=timesteps, prev_timesteps=prev_timesteps, step_stds=step_stds,
         latent_shape=(unet.config.in_channels, size // pipe.vae_scale_factor, size // pipe.vae_scale_factor),
@@ -220,6 +224,8 @@ def start_run(config: Config, resume: bool) -> RunState:
               + (f" (lr {t.text_encoder_lr:g})" if t.text_encoder_lr is not None else "")
               + (f", prompts whose last group was flat passed over with p = {s.skip_zero_advantage:g}"
                  if s.skip_zero_advantage else "")
+              + (f", pretraining loss x {t.ptx_coef:g} on {t.ptx_batch} images of {t.ptx_data} per update"
+                 + (f" (noise levels under {t.ptx_max_noise:g})" if t.ptx_max_noise < 1 else "") if t.ptx_coef else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")

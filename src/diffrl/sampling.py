@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffrl.core.ddim import ddim_step_with_log_prob, schedule_noise_stds, schedule_x0_coefficients
-from diffrl.core.flow import flow_noise_std, flow_sde_step_with_log_prob, flow_x0_coefficient
+from diffrl.core.ddim import ddim_step_with_log_prob, noised_with_target, schedule_noise_stds, schedule_x0_coefficients
+from diffrl.core.flow import flow_noise_std, flow_noised_with_target, flow_sde_step_with_log_prob, flow_x0_coefficient
 from diffrl.models.pipeline import is_sd3
 
 
@@ -76,6 +76,14 @@ class Policy:
         return ddim_step_with_log_prob(eps, t, prev_t, x, self.alphas_cumprod, self.final_alpha_cumprod, self.eta,
                                        prev_sample=prev_sample, noise=noise,
                                        prediction_type=self.prediction_type, reduce=self.logprob_reduce)
+
+    def denoising_loss(self, z0: Tensor, u: Tensor, eps: Tensor, cond: Tensor) -> Tensor:
+        """(B,) the UNet's own training loss (train.ptx_coef), without guidance: the MSE of its output against its
+        target (eps or v) on z0 noised with eps to the timestep floor(u T) of its T-step training schedule."""
+        t = (u * len(self.alphas_cumprod)).long().clamp(max=len(self.alphas_cumprod) - 1)
+        z_t, target = noised_with_target(z0, eps, self.alphas_cumprod[t].view(-1, 1, 1, 1), self.prediction_type)
+        output = self.unet(z_t, t, encoder_hidden_states=cond).sample
+        return ((output.float() - target) ** 2).mean(dim=(1, 2, 3))
 
     def schedule(self, scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
         """The DDIM timesteps of `num_steps` steps and the timestep each lands on (`ddim_timesteps`)."""
@@ -149,6 +157,14 @@ class FlowPolicy:
         return flow_sde_step_with_log_prob(v, t, prev_t, x, self.noise_level, prev_sample=prev_sample, noise=noise,
                                            reduce=self.logprob_reduce)
 
+    def denoising_loss(self, z0: Tensor, u: Tensor, eps: Tensor, cond: PromptEmbeds) -> Tensor:
+        """(B,) the transformer's own training loss (train.ptx_coef), without guidance: the MSE of its velocity
+        against eps - z0 at sigma = u (uniform draws; SD3 itself was trained on logit-normal ones)."""
+        x_t, target = flow_noised_with_target(z0, eps, u.view(-1, 1, 1, 1))
+        output = self.unet(hidden_states=x_t, timestep=u * 1000, encoder_hidden_states=cond.embeds,
+                           pooled_projections=cond.pooled).sample
+        return ((output.float() - target) ** 2).mean(dim=(1, 2, 3))
+
     def schedule(self, scheduler, num_steps: int, device) -> tuple[Tensor, Tensor]:
         """The flow-matching scheduler's sigmas (shift applied), descending, and each step's next sigma (0 last)."""
         scheduler.set_timesteps(num_steps, device=device)
@@ -204,6 +220,15 @@ def encode_prompts_trainable(tokenizer, text_encoder: torch.nn.Module, prompts: 
     mask = tokens.attention_mask.to(device) if getattr(module.config, "use_attention_mask", False) else None
     embeds = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]  # the last hidden state
     return embeds.to(module.dtype)
+
+
+@torch.no_grad()
+def encode_images(vae, images: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> scaled latents (N, C, h, w), the posterior's mean: `decode_images`'
+    inverse. SD3's VAE also shifts: (z - shift) * scale."""
+    z = vae.encode(images.to(vae.device, vae.dtype)).latent_dist.mean.float()
+    shift = getattr(vae.config, "shift_factor", None)
+    return (z - shift if shift is not None else z) * vae.config.scaling_factor
 
 
 @torch.no_grad()

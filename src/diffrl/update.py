@@ -6,7 +6,8 @@ policy in chunks of `train.chunk_size` (by default all at once on CPU, 8 on a GP
 per chunk, plus one without the LoRA adapters for the KL penalty `train.kl_coef`), their loss averaged, and
 the gradient applied only if the loss and the gradient norm are finite on every rank (the skip guard's
 `count_update`). With `model.train_text_encoder` each chunk first re-encodes its prompts, with gradient,
-through the text encoder.
+through the text encoder. With `train.ptx_coef` each step first adds the gradient of the denoiser's own training
+loss on `train.ptx_batch` images of `train.ptx_data` (`pretraining_backward`).
 Pairs whose sample has advantage 0 (a leave-one-out or GRPO group whose K rewards are all equal) contribute
 nothing to any surrogate's gradient and are not evaluated (`without_zero_advantage`), unless a KL penalty is on.
 """
@@ -18,12 +19,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from diffrl.config import Config, chunk_size, inner_epochs, minibatches
 from diffrl.core.ddim import gaussian_kl
 from diffrl.core.losses import calibrated_clip_range
-from diffrl.sampling import PromptEmbeds, Trajectories, encode_prompts_trainable
+from diffrl.sampling import PromptEmbeds, Trajectories, encode_images, encode_prompts, encode_prompts_trainable
 
 if TYPE_CHECKING:
     from diffrl.run_state import RunState
@@ -80,6 +82,7 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
         order = batch.selected[torch.randperm(len(batch.selected), generator=run.train_gen)]
         for minibatch in torch.tensor_split(order, minibatches(run.config)):
             pairs = draw_pairs(minibatch, batch.steps, steps_per_sample, run.train_gen)
+            ptx = pretraining_backward(run) if t.ptx_coef else {}
             drawn += pairs.drawn
             if not t.kl_coef:  # the KL penalty's gradient does not vanish with the advantage
                 pairs = without_zero_advantage(pairs, batch.advantages)
@@ -93,8 +96,8 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
             if finite:
                 run.optimizer.step()
                 run.lr_scheduler.step()  # the schedule counts applied updates only
-                for key, value in step.items():
-                    sums[key] += value
+                for key, value in (step | ptx).items():
+                    sums[key] = sums.get(key, 0.0) + value
                 sums["grad_norm"] += float(grad_norm)
                 extremes = {"ratio_min": min(extremes["ratio_min"], low), "ratio_max": max(extremes["ratio_max"], high)}
                 applied += 1
@@ -105,6 +108,45 @@ def update(run: RunState, batch: Batch, loss_fn=None) -> dict:
     onpolicy_dev = max(1 - onpolicy_low, onpolicy_high - 1) if math.isfinite(onpolicy_low) else math.nan
     return ({k: v / max(applied, 1) for k, v in sums.items()} | extremes
             | {"updates": applied, "pairs_evaluated": evaluated / max(drawn, 1), "ratio_onpolicy_dev": onpolicy_dev})
+
+
+# The pretraining loss's draws: a stream of its own, keyed by the update's number (resume-exact without a saved state)
+PTX_STREAM = 0x70747820
+
+
+def pretraining_backward(run: RunState) -> dict:
+    """Accumulate train.ptx_coef x the denoiser's own training loss on a fresh batch of train.ptx_data (images,
+    noise levels and noise drawn from (run.seed, rank, update number)), with gradient through the trained adapters
+    and, with model.train_text_encoder, the text encoder's. Runs before the step's pairs, outside DDP's
+    synchronization, so that their last chunk all-reduces both. Returns ptx_loss (the MSE) and ptx_grad_norm (of
+    the weighted gradient alone)."""
+    accelerator, t, policy = run.accelerator, run.config.train, run.train_policy
+    rng = np.random.default_rng([run.config.run.seed, accelerator.process_index, PTX_STREAM,
+                                 run.lr_scheduler.last_epoch])
+    size = run.latent_shape[-1] * run.pipe.vae_scale_factor
+    captions, images = run.pretraining_data.draw(rng, t.ptx_batch, size)
+    device = accelerator.device
+    z0 = encode_images(run.pipe.vae, images.to(device))
+    u = torch.from_numpy(noise_levels(rng, len(captions), t.ptx_max_noise)).to(device)
+    eps = torch.from_numpy(rng.standard_normal(z0.shape, dtype=np.float32)).to(device)
+    with ExitStack() as stack:
+        for model in filter(None, (policy.unet, run.train_text_encoder)):
+            stack.enter_context(accelerator.no_sync(model))
+        with accelerator.autocast():
+            if run.train_text_encoder is not None:
+                cond = encode_prompts_trainable(run.pipe.tokenizer, run.train_text_encoder, captions, device)
+            else:
+                cond = encode_prompts(run.pipe, captions, device, run.config.sample.max_sequence_length)
+            loss = policy.denoising_loss(z0, u, eps, cond).mean()
+        accelerator.backward(t.ptx_coef * loss)
+    grads = [p.grad for p in run.trainable.values() if p.grad is not None]
+    grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+    return {"ptx_loss": float(loss.detach()), "ptx_grad_norm": float(grad_norm)}
+
+
+def noise_levels(rng: np.random.Generator, n: int, max_noise: float) -> np.ndarray:
+    """(n,) float32 noise levels u ~ U[0, max_noise) of the pretraining loss (`Policy.denoising_loss`: t = floor(u T))."""
+    return (rng.random(n, dtype=np.float32) * np.float32(max_noise)).astype(np.float32)
 
 
 def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:

@@ -45,6 +45,18 @@ def x0_and_epsilon(model_output: Tensor, sample: Tensor, abar_t: Tensor, predict
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
+def noised_with_target(z0: Tensor, eps: Tensor, abar_t: Tensor, prediction_type: str) -> tuple[Tensor, Tensor]:
+    """(z_t, target) of the denoiser's own training loss: z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps (q(z_t | z_0)),
+    and what the model regresses on at z_t: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) z0 (diffusers'
+    `get_velocity`). abar_t: broadcastable to z0."""
+    a, s = abar_t.sqrt(), (1 - abar_t).sqrt()
+    if prediction_type == "epsilon":
+        return a * z0 + s * eps, eps
+    if prediction_type == "v_prediction":
+        return a * z0 + s * eps, a * eps - s * z0
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
 def predicted_x0(sample: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
     """x0_pred = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t): the clean sample the noise estimate implies."""
     return (sample - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()

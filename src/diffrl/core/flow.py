@@ -50,6 +50,12 @@ def flow_x0_coefficient(sigma: Tensor, sigma_next: Tensor, noise_level: float) -
     return (sigma - sigma_next) / sigma * (1 + sigma_t**2 * (1 - sigma) / (2 * sigma))
 
 
+def flow_noised_with_target(x0: Tensor, eps: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_t, target) of the flow model's own training loss (rectified flow, as SD3 is trained): x_t = (1 - t) x0 + t eps
+    at t = sigma, and the velocity it regresses on, v = eps - x0. sigma: broadcastable to x0."""
+    return (1 - sigma) * x0 + sigma * eps, eps - x0
+
+
 def flow_sde_step_with_log_prob(
     model_output: Tensor,
     sigma: Tensor | float,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from diffrl.core.ddim import noised_with_target
+from diffrl.pretraining_data import to_tensor
 from diffrl.shapes.world import CATEGORIES, PromptSpec, all_prompts, prompt_set, render
 
 # Sampling settings recommended for the shipped model: DDIM, eta 0. With `evaluate_base`, guidance 3
@@ -130,22 +132,12 @@ def zero_terminal_snr_scheduler(scheduler):
                                        timestep_spacing="trailing")
 
 
-def denoiser_target(z0: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
-    """What the denoiser regresses on: eps, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) z0 (diffusers'
-    `get_velocity`). alpha_bar: broadcastable to z0."""
-    if prediction_type == "epsilon":
-        return eps
-    return alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * z0
-
-
 def denoiser_mse(pipe, z0: torch.Tensor, texts: list[str], t: torch.Tensor) -> torch.Tensor:
     """(B,) MSE of the pipeline's denoiser against its target (eps or v) on z0 noised to timesteps t with fresh
     noise: the pretraining loss before its per-timestep weights."""
     a = pipe.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-    eps = torch.randn_like(z0)
-    zt = a.sqrt() * z0 + (1 - a).sqrt() * eps  # q(z_t | z_0)
+    zt, target = noised_with_target(z0, torch.randn_like(z0), a, pipe.scheduler.config.prediction_type)
     pred = pipe.unet(zt, t, encode_prompts(pipe.tokenizer, pipe.text_encoder, texts)).sample
-    target = denoiser_target(z0, eps, a, pipe.scheduler.config.prediction_type)
     return F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
 
 
@@ -182,11 +174,6 @@ class PromptSampler:
         specs = [self.pools[c][self.rng.integers(len(self.pools[c]))] for c in cats]
         images = np.stack([render(s, self.rng, self.size) for s in specs])  # (n, H, W, 3) uint8
         return specs, to_tensor(images)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(n, H, W, 3) uint8 -> (n, 3, H, W) float in [-1, 1], the range SD's VAE works in."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def lr_lambda(warmup: int, total: int):
