@@ -11,7 +11,8 @@ from tests.torchrun_guard import run_torchrun, two_process_train_command
 @pytest.mark.parametrize("algo, extra", [("ppo", []), ("loop", []),
                                          ("loop", ["--set", "model.train_text_encoder=true"]),  # its grads synced too
                                          # the pretraining loss's backward runs outside DDP's sync, before the pairs'
-                                         ("loop", ["--set", "train.ptx_coef=1", "--set", "train.ptx_data=shapes:single_train"])],
+                                         ("loop", ["--set", "train.ptx_coef=1",
+                                                   "--set", "train.ptx_data=shapes:single_train"])],
                          ids=["ppo", "loop", "loop-text-encoder", "loop-ptx"])
 def test_two_process_run_keeps_replicas_identical(tiny_pipeline_dir, prompt_file, tmp_path, algo, extra):
     out = tmp_path / "dist"

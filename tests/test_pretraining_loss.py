@@ -12,9 +12,10 @@ from diffrl.errors import DiffrlError
 from diffrl.pretraining_data import ImageFolder, ShapesRenders, load_pretraining_data, square_image
 from diffrl.prompts import load_prompts
 
-ARGS = ["--k", "2", "--set", "sample.num_steps=3", "--set", "sample.prompts_per_batch=2",
+FAST = ["--k", "2", "--set", "sample.num_steps=3", "--set", "sample.prompts_per_batch=2",
         "--set", "run.eval_prompts=none", "--set", "run.progress=false", "--set", "run.save_every=1",
-        "--set", "train.learning_rate=1e-2", "--set", "run.tensorboard=false", "--set", "model.train_text_encoder=false"]
+        "--set", "train.learning_rate=1e-2", "--set", "run.tensorboard=false"]
+ARGS = [*FAST, "--set", "model.train_text_encoder=false"]
 
 
 @pytest.fixture
@@ -92,18 +93,21 @@ def test_under_a_flat_reward_the_pretraining_loss_alone_trains_and_falls(tiny_pi
     out = tmp_path / "run"
     assert main(["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), *ARGS,
                  "--reward", "tests.helpers:flat_reward", "--set", "train.ptx_coef=1",
-                 "--set", f"train.ptx_data={image_folder}", "--set", "train.ptx_batch=16", "--set", "train.minibatches=2",
+                 "--set", f"train.ptx_data={image_folder}", "--set", "train.ptx_batch=16",
+                 "--set", "train.minibatches=2",
                  "--epochs", "12", "--out", str(out)]) == 0
     rows = metrics(out)
     for row in rows:
         assert row["ptx_grad_norm"] > 0
         assert row["ptx_grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4)
     first, last = np.mean([r["ptx_loss"] for r in rows[:3]]), np.mean([r["ptx_loss"] for r in rows[-3:]])
-    assert last < first - 0.05, (first, last)  # measured 1.13 -> 1.00; at ptx_coef 1e-9 (a step under AdamW's epsilon) 1.16 -> 1.16
+    # measured 1.13 -> 1.00; at ptx_coef 1e-9 (a step under AdamW's epsilon) 1.16 -> 1.16
+    assert last < first - 0.05, (first, last)
 
 
 def test_a_run_with_the_pretraining_loss_resumes_bit_for_bit(tiny_pipeline_dir, prompt_file, image_folder, tmp_path):
-    common = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), *ARGS, "--reward", "brightness",
+    common = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), *ARGS,
+              "--reward", "brightness",
               "--set", "train.ptx_coef=0.5", "--set", f"train.ptx_data={image_folder}", "--set", "train.ptx_batch=3"]
     assert main([*common, "--epochs", "3", "--out", str(tmp_path / "full")]) == 0
     assert main([*common, "--epochs", "1", "--out", str(tmp_path / "part")]) == 0
@@ -122,7 +126,7 @@ def test_a_flow_model_trains_on_its_own_velocity_loss(sd3_dir, image_folder, tmp
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\na green triangle\n")
     out = tmp_path / "run"
-    assert main(["train", "--model", str(sd3_dir), "--prompts", str(prompts), *ARGS[:-2], "--set", "train.min_noise_std=0",
+    assert main(["train", "--model", str(sd3_dir), "--prompts", str(prompts), *FAST, "--set", "train.min_noise_std=0",
                  "--reward", "tests.helpers:flat_reward", "--set", "train.ptx_coef=1",
                  "--set", f"train.ptx_data={image_folder}", "--epochs", "2", "--out", str(out)]) == 0
     for row in metrics(out):

@@ -70,7 +70,8 @@ class ImageFolder:
 
     def draw(self, rng: np.random.Generator, n: int, size: int) -> tuple[list[str], torch.Tensor]:
         picks = rng.integers(len(self.files), size=n)
-        return [self.captions[i] for i in picks], to_tensor(np.stack([square_image(self.files[i], size) for i in picks]))
+        images = np.stack([square_image(self.files[i], size) for i in picks])
+        return [self.captions[i] for i in picks], to_tensor(images)
 
 
 def square_image(path: Path, size: int) -> np.ndarray:
