@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from diffrl.models.pipeline import load_pipeline, resolve_model
-from diffrl.shapes.pretrain import denoiser_mse, draw_timesteps, encode_prompts, to_tensor
+from diffrl.pretraining_data import to_tensor
+from diffrl.sampling import encode_images
+from diffrl.shapes.pretrain import denoiser_mse, draw_timesteps, encode_prompts
 from diffrl.shapes.world import prompt_set, render
 from probe import probe_parser
 from relation_use import implied_estimates, inverted
@@ -51,9 +53,7 @@ def main() -> None:
 
     def batch(n: int, drawn_from=specs):
         drawn = [drawn_from[i] for i in rng.integers(len(drawn_from), size=n)]
-        with torch.no_grad():
-            z0 = pipe.vae.encode(to_tensor(np.stack([render(s, rng) for s in drawn]))).latent_dist.mean
-        return drawn, z0 * pipe.vae.config.scaling_factor
+        return drawn, encode_images(pipe.vae, to_tensor(np.stack([render(s, rng) for s in drawn])))
 
     probes = {"trained": batch(256)}  # the same images at every report
     if held_out:

@@ -18,6 +18,8 @@ import torch
 
 from diffrl.core.ddim import x0_and_epsilon
 from diffrl.models.pipeline import load_pipeline, resolve_model
+from diffrl.pretraining_data import to_tensor
+from diffrl.sampling import encode_images
 from diffrl.shapes.pretrain import encode_prompts
 from diffrl.shapes.world import INVERSE_RELATION, prompt_set, render, spatial
 from probe import probe_parser
@@ -53,9 +55,8 @@ def main() -> None:
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
     pool = prompt_set("spatial", "train")
     specs = [pool[i] for i in rng.choice(len(pool), args.images)]
-    images = torch.tensor(np.stack([render(s, rng) for s in specs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    z0 = encode_images(pipe.vae, to_tensor(np.stack([render(s, rng) for s in specs])))
     with torch.no_grad():
-        z0 = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
         embeds = {k: encode_prompts(pipe.tokenizer, pipe.text_encoder, v) for k, v in edited_texts(specs).items()}
         pairs = [("a red circle above a green square", "a red circle below a green square", 4),
                  ("a red circle to the left of a green square", "a red circle to the right of a green square", 6)]

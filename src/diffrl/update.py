@@ -147,7 +147,7 @@ def pretraining_backward(run: RunState) -> dict:
 def noise_levels(rng: np.random.Generator, n: int, max_noise: float) -> np.ndarray:
     """(n,) float32 noise levels u ~ U[0, max_noise) of the pretraining loss (`Policy.denoising_loss`:
     t = floor(u T))."""
-    return (rng.random(n, dtype=np.float32) * np.float32(max_noise)).astype(np.float32)
+    return rng.random(n, dtype=np.float32) * np.float32(max_noise)
 
 
 def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:

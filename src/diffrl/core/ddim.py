@@ -51,10 +51,12 @@ def noised_with_target(z0: Tensor, eps: Tensor, abar_t: Tensor, prediction_type:
     `get_velocity`). abar_t: broadcastable to z0."""
     a, s = abar_t.sqrt(), (1 - abar_t).sqrt()
     if prediction_type == "epsilon":
-        return a * z0 + s * eps, eps
-    if prediction_type == "v_prediction":
-        return a * z0 + s * eps, a * eps - s * z0
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+        target = eps
+    elif prediction_type == "v_prediction":
+        target = a * eps - s * z0
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return a * z0 + s * eps, target
 
 
 def predicted_x0(sample: Tensor, eps: Tensor, abar_t: Tensor) -> Tensor:
