@@ -342,3 +342,18 @@ def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_r
     assert torch.equal(rng["train"], fresh["train_gen"].get_state())
     assert not torch.equal(rng["noise"][0], old["noise_gen"].get_state())
     assert not torch.equal(rng["train"], old["train_gen"].get_state())
+
+
+def test_average_at_refuses_a_pair_without_its_own_weights_at_that_epoch(tmp_path):
+    """average_at.sh exports the weights from before an average (own_epoch_E); a run without them stops it, with
+    nothing written."""
+    import subprocess
+
+    for seed in (0, 1):
+        (tmp_path / "pair" / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / "pair" / f"seed{seed}" / "config.yaml").write_text("run:\n  seed: 0\n")
+    out = tmp_path / "at30"
+    result = subprocess.run(["bash", str(TUNING / "average_at.sh"), str(tmp_path / "pair"), "30", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "has no own_epoch_30" in result.stdout
+    assert not out.exists()
