@@ -352,8 +352,9 @@ def test_average_at_refuses_a_pair_without_its_own_weights_at_that_epoch(tmp_pat
     for seed in (0, 1):
         (tmp_path / "pair" / f"seed{seed}").mkdir(parents=True)
         (tmp_path / "pair" / f"seed{seed}" / "config.yaml").write_text("run:\n  seed: 0\n")
+    (tmp_path / "pair" / "seed0" / "own_epoch_30").mkdir()  # the first run has them: still nothing is written
     out = tmp_path / "at30"
     result = subprocess.run(["bash", str(TUNING / "average_at.sh"), str(tmp_path / "pair"), "30", str(out)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "has no own_epoch_30" in result.stdout
+    assert result.returncode == 2 and "seed1 has no own_epoch_30" in result.stdout
     assert not out.exists()

@@ -12,23 +12,27 @@ src=${1:?$usage}; epoch=${2:?$usage}; out=${3:?$usage}
 here="$(dirname "$0")"
 checkpoint=$(printf "epoch_%05d" "$epoch")
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-copies=()
+runs=()  # every run is checked before anything is written
 for config in "$src"/seed*/config.yaml; do
   [ -f "$config" ] || { echo "no runs under $src (expected $src/seedN/config.yaml)"; exit 2; }
-  run=$(dirname "$config")
-  from="$run/own_epoch_$epoch"  # the pair's own weights; checkpoints/ holds the averaged ones after the average
-  [ -d "$from" ] || { echo "$run has no own_epoch_$epoch (the weights before an average at epoch $epoch)"; exit 2; }
+  run=$(dirname "$config")  # own_epoch_E: the pair's own weights; checkpoints/ holds the averaged ones after it
+  [ -d "$run/own_epoch_$epoch" ] || {
+    echo "$run has no own_epoch_$epoch (the weights before an average at epoch $epoch)"; exit 2; }
+  runs+=("$run")
+done
+[ ${#runs[@]} -eq 2 ] || { echo "expected two runs under $src, found ${#runs[@]}"; exit 2; }
+copies=()
+for run in "${runs[@]}"; do
   for kind in own average; do
     copy="$work/$kind/$(basename "$run")"
     mkdir -p "$copy/checkpoints"
-    cp -r "$from" "$copy/checkpoints/$checkpoint"
+    cp -r "$run/own_epoch_$epoch" "$copy/checkpoints/$checkpoint"
     cp -r "$run/lora" "$run/config.yaml" "$copy/"
   done
   python "$here/trajectory_average.py" "$work/own/$(basename "$run")" --from-epoch "$epoch" \
       --out "$out/$(basename "$run")" > /dev/null
   copies+=("$work/average/$(basename "$run")")
 done
-[ ${#copies[@]} -eq 2 ] || { echo "expected two runs under $src, found ${#copies[@]}"; exit 2; }
 python "$here/average_checkpoints.py" "${copies[@]}" --epoch "$epoch" > /dev/null
 python "$here/trajectory_average.py" "${copies[0]}" --from-epoch "$epoch" --out "$out/average" > /dev/null
 echo "wrote $out/average and one directory per member ($out/seedN)"

@@ -126,7 +126,7 @@ def pretraining_backward(run: RunState) -> dict:
     size = run.latent_shape[-1] * run.pipe.vae_scale_factor
     captions, images = run.pretraining_data.draw(rng, t.ptx_batch, size)
     device = accelerator.device
-    z0 = encode_images(run.pipe.vae, images.to(device))
+    z0 = encode_images(run.pipe.vae, images)  # moves them to the VAE's device and dtype
     u = torch.from_numpy(noise_levels(rng, len(captions), t.ptx_max_noise)).to(device)
     eps = torch.from_numpy(rng.standard_normal(z0.shape, dtype=np.float32)).to(device)
     with ExitStack() as stack:
