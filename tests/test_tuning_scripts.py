@@ -358,3 +358,33 @@ def test_average_at_refuses_a_pair_without_its_own_weights_at_that_epoch(tmp_pat
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "seed1 has no own_epoch_30" in result.stdout
     assert not out.exists()
+
+
+def test_section_59s_diagnostic_sets_are_the_held_out_pairs_and_only_they():
+    """The diagnostics train on held-out pairs on purpose: every phrasing of the 27 spatial_unseen-val pairs (each
+    held-out prompt among them), the 48 of the six that put the orange triangle beside red or yellow, and none of
+    them a training prompt of the command."""
+    prompts = load_script(TUNING / "tuning_prompts.py")
+    held_out = prompts.prompt_set("spatial", "unseen-val")
+    pairs = {frozenset(spec.objects) for spec in held_out}
+    every = prompts.spatial_held_out_pairs_all()
+    unshown = prompts.spatial_unshown_pairs_all()
+    assert (len(every), len(unshown)) == (216, 48)
+    assert {spec.text for spec in held_out} <= {text for text, _ in every}
+    assert {text for text, _ in unshown} <= {text for text, _ in every}
+    for text, meta in unshown:
+        objects = {(o["color"], o["shape"]) for o in meta["objects"]}
+        assert ("orange", "triangle") in objects and {c for c, _ in objects} & {"red", "yellow"}, text
+    training = {text for text, _ in prompts.spatial_unseen_twice_and_seen()}
+    assert not training & {text for text, _ in every}
+    for _, meta in every:
+        assert frozenset(prompts.ShapeObject(o["color"], o["shape"]) for o in meta["objects"]) in pairs
+
+
+def test_unseen_combos_alone_are_the_four_unseen_combinations_in_single_and_counting_prompts():
+    prompts = load_script(TUNING / "tuning_prompts.py")
+    alone = prompts.unseen_combos_alone()
+    assert len(alone) == 12
+    named = {(o["color"], o["shape"]) for _, meta in alone for o in meta["objects"]}
+    assert named == set(prompts.UNSEEN_COMBOS)
+    assert sorted(meta["category"] for _, meta in alone) == ["counting"] * 8 + ["single"] * 4

@@ -1,5 +1,5 @@
 """Prompt sources for the tuning study (docs/tuning.md): `--prompts tuning_prompts:hard3` with PYTHONPATH=docs/tuning."""
-from diffrl.shapes.world import all_prompts, prompt_set
+from diffrl.shapes.world import UNSEEN_COMBOS, ShapeObject, _pair_prompts, all_prompts, counting, prompt_set, single
 
 
 def _pick(texts: list[str]) -> list[tuple[str, dict]]:
@@ -57,6 +57,31 @@ def spatial_seen_similar_vertical() -> list[tuple[str, dict]]:
     kind of held-out prompt they still miss, where the relation fails between similar hues (section 48)."""
     return _as_prompts(spec for spec in prompt_set("spatial", "train")
                        if _colors(spec) in SIMILAR_HUES and spec.relation in ("above", "below"))
+
+
+def unseen_combos_alone() -> list[tuple[str, dict]]:
+    """The four color-shape combinations pretraining never drew, alone: "an orange triangle", "two orange
+    triangles", "three orange triangles", and the same for the blue circle, the green square and the purple triangle
+    (12 prompts no split holds: single and counting prompts use seen combinations only). Whether the base can draw
+    an unseen combination at all, without a partner (section 59)."""
+    objects = [ShapeObject(color, shape) for color, shape in sorted(UNSEEN_COMBOS)]
+    return _as_prompts([*(single(o) for o in objects), *(counting(o, n) for o in objects for n in (2, 3))])
+
+
+def spatial_held_out_pairs_all() -> list[tuple[str, dict]]:
+    """Every phrasing of the 27 spatial_unseen-val pairs (216 prompts): the held-out pairs themselves. A diagnostic
+    only (section 59): what the spatial command reaches on its held-out prompts when it is shown them, to tell
+    what training cannot learn from what it does not transfer. Never a held-out result."""
+    return _as_prompts(p for spec in prompt_set("spatial", "unseen-val") for p in _pair_prompts("spatial", *spec.objects))
+
+
+def spatial_unshown_pairs_all() -> list[tuple[str, dict]]:
+    """Every phrasing of the 6 spatial_unseen-val pairs that put the orange triangle beside a red or yellow object
+    (48 prompts): the held-out pairs whose color contrast no allowed training prompt shows. A diagnostic only (section
+    59): whether the command's updates can learn them at all when trained on nothing else. Never a held-out result."""
+    warm = ({"orange", "red"}, {"orange", "yellow"})
+    return _as_prompts(p for spec in prompt_set("spatial", "unseen-val") if _colors(spec) in warm
+                       for p in _pair_prompts("spatial", *spec.objects))
 
 
 def _as_prompts(specs) -> list[tuple[str, dict]]:
