@@ -41,11 +41,14 @@ def spatial_unseen_color_complete() -> list[tuple[str, dict]]:
     return _as_prompts([*unseen, *extra])
 
 
+ORANGE_WARM = ({"orange", "red"}, {"orange", "yellow"})  # the held-out set's unshown contrast (section 22)
+
+
 def spatial_seen_orange_warm() -> list[tuple[str, dict]]:
     """The 72 spatial_train prompts (seen pairs) that put orange beside red or yellow: how the base does on the
     contrast the held-out set asks for, on pairs pretraining drew (section 22)."""
     return _as_prompts(spec for spec in prompt_set("spatial", "train")
-                       if _colors(spec) in ({"orange", "red"}, {"orange", "yellow"}))
+                       if _colors(spec) in ORANGE_WARM)
 
 
 SIMILAR_HUES = ({"orange", "red"}, {"orange", "yellow"}, {"red", "yellow"}, {"purple", "blue"})
@@ -72,16 +75,19 @@ def spatial_held_out_pairs_all() -> list[tuple[str, dict]]:
     """Every phrasing of the 27 spatial_unseen-val pairs (216 prompts): the held-out pairs themselves. A diagnostic
     only (section 59): what the spatial command reaches on its held-out prompts when it is shown them, to tell
     what training cannot learn from what it does not transfer. Never a held-out result."""
-    return _as_prompts(p for spec in prompt_set("spatial", "unseen-val") for p in _pair_prompts("spatial", *spec.objects))
+    return _as_prompts(_held_out_pair_phrasings())
 
 
 def spatial_unshown_pairs_all() -> list[tuple[str, dict]]:
     """Every phrasing of the 6 spatial_unseen-val pairs that put the orange triangle beside a red or yellow object
     (48 prompts): the held-out pairs whose color contrast no allowed training prompt shows. A diagnostic only (section
     59): whether the command's updates can learn them at all when trained on nothing else. Never a held-out result."""
-    warm = ({"orange", "red"}, {"orange", "yellow"})
-    return _as_prompts(p for spec in prompt_set("spatial", "unseen-val") if _colors(spec) in warm
-                       for p in _pair_prompts("spatial", *spec.objects))
+    return _as_prompts(spec for spec in _held_out_pair_phrasings() if _colors(spec) in ORANGE_WARM)
+
+
+def _held_out_pair_phrasings():
+    """Every phrasing of each spatial_unseen-val pair, pair by pair in the split's order."""
+    return [p for spec in prompt_set("spatial", "unseen-val") for p in _pair_prompts("spatial", *spec.objects)]
 
 
 def _as_prompts(specs) -> list[tuple[str, dict]]:
