@@ -51,7 +51,7 @@ def spatial_seen_orange_warm() -> list[tuple[str, dict]]:
                        if _colors(spec) in ORANGE_WARM)
 
 
-SIMILAR_HUES = ({"orange", "red"}, {"orange", "yellow"}, {"red", "yellow"}, {"purple", "blue"})
+SIMILAR_HUES = (*ORANGE_WARM, {"red", "yellow"}, {"purple", "blue"})
 
 
 def spatial_seen_similar_vertical() -> list[tuple[str, dict]]:
