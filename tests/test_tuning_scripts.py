@@ -315,6 +315,48 @@ def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(t
     assert not out.exists()
 
 
+def test_spatial_sync_pair_wants_a_seed_for_each_extra_member(tmp_path):
+    """`--extra-member` without an integer seed stops the script before it makes OUT or starts a run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "pair"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for bad in (["--extra-member"], ["--extra-member", "train.lr=1"]):
+        result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30", *bad],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert result.returncode == 2 and "--extra-member needs a seed" in result.stdout
+    assert not out.exists()
+
+
+def test_branch_pair_copy_makes_the_copies_at_the_epoch_and_runs_nothing(tmp_path):
+    """Mode copy: each run's own checkpoint at EPOCH copied, its config pointed at the copy, its metrics cut at EPOCH
+    (a script counting the copy's epochs must not see the source's later ones), and no training started."""
+    import json
+    import subprocess
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for seed in (3, 4):
+        run = src / f"seed{seed}"
+        (run / "own_epoch_30").mkdir(parents=True)
+        (run / "own_epoch_30" / "state.pt").write_text(f"weights of {seed}")
+        (run / "config.yaml").write_text(f"run:\n  out: {run}\n  seed: {seed}\n")
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "sample_s": 1.0}) + "\n" for e in range(1, 41)))
+    result = subprocess.run(["bash", str(TUNING / "branch_pair.sh"), str(src), str(dst), "30", "copy"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for seed in (3, 4):
+        copy = dst / f"seed{seed}"
+        assert (copy / "checkpoints" / "epoch_00030" / "state.pt").read_text() == f"weights of {seed}"
+        assert f"  out: {copy}\n" in (copy / "config.yaml").read_text()
+        epochs = [json.loads(line)["epoch"] for line in (copy / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == list(range(1, 31))
+        assert len((src / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()) == 40  # the source untouched
+    assert not (dst / "soup").exists() and not list(dst.glob("*.log"))
+
+
 def test_reseed_checkpoint_gives_a_checkpoint_a_new_runs_streams_and_keeps_the_rest(tmp_path):
     import torch
 

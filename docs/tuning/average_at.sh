@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The weights a synchronized pair (spatial_sync_pair.sh) had at its average, exported for `diffrl evaluate --lora`:
-# OUT/average (the two members' weights averaged parameter by parameter, what both resumed from) and OUT/seedN (each
-# member's own weights just before the average), each a run directory (lora/ and config.yaml; docs/tuning.md,
-# section 56).
+# OUT/average (the members' weights averaged parameter by parameter, what they resumed from: a pair's two, or more
+# with `--extra-member`, section 61) and OUT/seedN (each member's own weights just before the average), each a run
+# directory (lora/ and config.yaml; docs/tuning.md, section 56).
 #
 #   bash docs/tuning/average_at.sh SRC EPOCH OUT     # e.g. runs/s53/new_s1213 30 runs/s56/at30_s1213
 set -euo pipefail
@@ -20,7 +20,7 @@ for config in "$src"/seed*/config.yaml; do
     echo "$run has no own_epoch_$epoch (the weights before an average at epoch $epoch)"; exit 2; }
   runs+=("$run")
 done
-[ ${#runs[@]} -eq 2 ] || { echo "expected two runs under $src, found ${#runs[@]}"; exit 2; }
+[ ${#runs[@]} -ge 2 ] || { echo "expected two or more runs under $src, found ${#runs[@]}"; exit 2; }
 copies=()
 for run in "${runs[@]}"; do
   for kind in own average; do

@@ -17,13 +17,17 @@
 # so that their last phase draws noise of its own. SRC's members are deterministic on one machine: they are what a
 # last phase with four members would train beside these two (soup any of them together with `diffrl soup`).
 #
-#   bash docs/tuning/branch_pair.sh SRC DST EPOCH plain|average [--new-seeds A,B] [SETTING...]
+# With mode copy (section 61) the copies are only made and their SETTINGs written, neither averaged nor run: the pair
+# continued as one more stretch of its first phase, e.g. to a later average with spatial_sync_pair.sh, which resumes
+# runs it finds under its OUT (bash docs/tuning/spatial_sync_pair.sh DST A B LATER_EPOCH [--after-sync ...]).
+#
+#   bash docs/tuning/branch_pair.sh SRC DST EPOCH plain|average|copy [--new-seeds A,B] [SETTING...]
 #   e.g. the plain pair of a synchronized one:  bash docs/tuning/branch_pair.sh runs/s23/e30 runs/s23/plain 30 plain
 #        two more members from its average:    bash docs/tuning/branch_pair.sh runs/s53/new_s1213 runs/s54/extra 30 average --new-seeds 14,15
 set -euo pipefail
-usage="usage: branch_pair.sh SRC DST EPOCH plain|average [--new-seeds A,B] [SETTING...]"
+usage="usage: branch_pair.sh SRC DST EPOCH plain|average|copy [--new-seeds A,B] [SETTING...]"
 src=${1:?$usage}; dst=${2:?$usage}; epoch=${3:?$usage}; mode=${4:?$usage}
-[[ "$mode" == plain || "$mode" == average ]] || { echo "$usage"; exit 2; }
+[[ "$mode" == plain || "$mode" == average || "$mode" == copy ]] || { echo "$usage"; exit 2; }
 shift 4
 new_seeds=()
 if [ "${1:-}" == --new-seeds ]; then
@@ -58,6 +62,13 @@ for i in "${!sources[@]}"; do
 done
 if [ "$mode" == average ]; then python "$here/average_checkpoints.py" "${runs[@]}" --epoch "$epoch"; fi
 for i in "${!new_seeds[@]}"; do python "$here/reseed_checkpoint.py" "${runs[$i]}" --epoch "$epoch" --seed "${new_seeds[$i]}"; done
+if [ "$mode" == copy ]; then  # the copies' later epochs dropped now, as the trainer drops them on resume, for scripts
+  for run in "${runs[@]}"; do  # that count a run's epochs before it gets there (spatial_sync_pair.sh)
+    python -c 'import json, sys; p = sys.argv[1]; kept = [l for l in open(p) if json.loads(l)["epoch"] <= int(sys.argv[2])]
+open(p, "w").writelines(kept)' "$run/metrics.jsonl" "$epoch"
+  done
+  echo "copied to ${runs[*]} at epoch $epoch (not run)"; exit 0
+fi
 
 pids=()
 for run in "${runs[@]}"; do
