@@ -4,6 +4,19 @@ import numpy as np
 from tests.conftest import TUNING, load_script
 
 
+def run_study_script(name: str, *args: str):
+    """bash TUNING/name ARGS, with this interpreter's bin first on PATH (as if its environment were activated: the
+    scripts call `python` and `diffrl`)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(TUNING / name), *map(str, args)], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
 def test_base_level_groups_split_at_0_15_and_0_85():
     seeds = load_script(TUNING / "seeds.py")
     base = np.array([0.0, 0.14, 0.15, 0.5, 0.84, 0.85, 1.0])
@@ -301,32 +314,17 @@ def test_te_token_parts_moves_only_the_named_words_back_toward_the_base():
 
 def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(tmp_path):
     """A bad --after-sync key stops the script before it makes OUT or starts a run (not after the first phase)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "pair"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # as if activated
-    result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30",
-                             "--after-sync", "train.no_such_key=1"], capture_output=True, text=True, timeout=120,
-                            env=env)
+    result = run_study_script("spatial_sync_pair.sh", out, 0, 1, 30, "--after-sync", "train.no_such_key=1")
     assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
     assert not out.exists()
 
 
 def test_spatial_sync_pair_wants_a_seed_for_each_extra_member(tmp_path):
     """`--extra-member` without an integer seed stops the script before it makes OUT or starts a run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     out = tmp_path / "pair"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for bad in (["--extra-member"], ["--extra-member", "train.lr=1"]):
-        result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30", *bad],
-                                capture_output=True, text=True, timeout=60, env=env)
+        result = run_study_script("spatial_sync_pair.sh", out, 0, 1, 30, *bad)
         assert result.returncode == 2 and "--extra-member needs a seed" in result.stdout
     assert not out.exists()
 
@@ -335,7 +333,6 @@ def test_branch_pair_copy_makes_the_copies_at_the_epoch_and_runs_nothing(tmp_pat
     """Mode copy: each run's own checkpoint at EPOCH copied, its config pointed at the copy, its metrics cut at EPOCH
     (a script counting the copy's epochs must not see the source's later ones), and no training started."""
     import json
-    import subprocess
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     for seed in (3, 4):
@@ -344,8 +341,7 @@ def test_branch_pair_copy_makes_the_copies_at_the_epoch_and_runs_nothing(tmp_pat
         (run / "own_epoch_30" / "state.pt").write_text(f"weights of {seed}")
         (run / "config.yaml").write_text(f"run:\n  out: {run}\n  seed: {seed}\n")
         (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "sample_s": 1.0}) + "\n" for e in range(1, 41)))
-    result = subprocess.run(["bash", str(TUNING / "branch_pair.sh"), str(src), str(dst), "30", "copy"],
-                            capture_output=True, text=True, timeout=60)
+    result = run_study_script("branch_pair.sh", src, dst, 30, "copy")
     assert result.returncode == 0, result.stderr
     for seed in (3, 4):
         copy = dst / f"seed{seed}"

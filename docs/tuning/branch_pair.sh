@@ -64,8 +64,8 @@ if [ "$mode" == average ]; then python "$here/average_checkpoints.py" "${runs[@]
 for i in "${!new_seeds[@]}"; do python "$here/reseed_checkpoint.py" "${runs[$i]}" --epoch "$epoch" --seed "${new_seeds[$i]}"; done
 if [ "$mode" == copy ]; then  # the copies' later epochs dropped now, as the trainer drops them on resume, for scripts
   for run in "${runs[@]}"; do  # that count a run's epochs before it gets there (spatial_sync_pair.sh)
-    python -c 'import json, sys; p = sys.argv[1]; kept = [l for l in open(p) if json.loads(l)["epoch"] <= int(sys.argv[2])]
-open(p, "w").writelines(kept)' "$run/metrics.jsonl" "$epoch"
+    python -c 'import sys; from diffrl.runlog import truncate_metrics; truncate_metrics(sys.argv[1], int(sys.argv[2]))' \
+        "$run/metrics.jsonl" "$epoch"
   done
   echo "copied to ${runs[*]} at epoch $epoch (not run)"; exit 0
 fi

@@ -17,7 +17,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if resume_step is not None:
-            self._truncate_after(resume_step)
+            truncate_metrics(self.metrics_path, resume_step)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -33,15 +33,6 @@ class RunLogger:
 
                 raise DiffrlError("run.wandb is on but wandb is not installed (pip install 'diffrl[wandb]')") from None
             self.wandb = wandb.init(project="diffrl", config=wandb_config, dir=str(self.run_dir))
-
-    def _truncate_after(self, epoch: int) -> None:
-        """On resume from the checkpoint taken after `epoch`, drop later lines so no epoch appears twice."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines() if _epoch_of(line) <= epoch]
-        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")  # replaced atomically
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_path)
 
     def log(self, metrics: dict, epoch: int) -> None:
         record = {"epoch": epoch, **{k: _plain(v) for k, v in metrics.items()}}
@@ -59,6 +50,18 @@ class RunLogger:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop the lines of the metrics file at `path` logged after `epoch` (a resume from the checkpoint taken after it,
+    or a copy of a run made at it), so no epoch appears twice."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if _epoch_of(line) <= epoch]
+    tmp = path.with_name(path.name + ".tmp")  # replaced atomically
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def _epoch_of(line: str) -> float:
