@@ -77,6 +77,8 @@ def test_a_source_that_captions_a_held_out_prompt_is_refused(image_folder):
     (["--set", "train.ptx_coef=0.1"], "needs train.ptx_data"),
     (["--set", "train.ptx_coef=0.1", "--set", "train.ptx_data=no/such/folder"], "neither"),
     (["--set", "train.ptx_coef=-1", "--set", "train.ptx_data=shapes:single_train"], "ptx_coef must be >= 0"),
+    (["--set", "train.ptx_coef=0.1", "--set", "train.ptx_data=own_samples", "--set", "train.ptx_max_noise=0.6",
+      "--set", "train.ptx_min_noise=0.7"], "ptx_min_noise must be in [0, train.ptx_max_noise)"),
 ])
 def test_bad_pretraining_settings_fail_in_one_line(tiny_pipeline_dir, prompt_file, tmp_path, capsys, extra, message):
     code = main(["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), *ARGS, *extra,
@@ -141,3 +143,39 @@ def test_noise_levels_stay_under_the_maximum():
     assert everywhere.dtype == np.float32 and 0 <= everywhere.min() and everywhere.max() < 1 and everywhere.max() > 0.99
     low = noise_levels(np.random.default_rng(0), 2000, 0.6)
     assert low.max() < 0.6 and low.max() > 0.59
+
+
+def test_own_samples_draw_from_the_latest_pool_only():
+    from diffrl.pretraining_data import OwnSamples
+
+    pool = load_pretraining_data("own_samples", load_prompts("shapes:spatial_unseen-val").all())
+    assert isinstance(pool, OwnSamples) and len(pool) == 0
+    pool.refill(["a", "b"], torch.stack([torch.zeros(4, 2, 2), torch.ones(4, 2, 2)]))
+    captions, latents = pool.draw(np.random.default_rng(0), 6)
+    assert len(captions) == 6 and latents.shape == (6, 4, 2, 2)
+    for caption, latent in zip(captions, latents):  # each latent stays with its own prompt
+        assert latent.eq(0.0 if caption == "a" else 1.0).all()
+    pool.refill(["c"], torch.full((1, 4, 2, 2), 2.0))
+    assert pool.draw(np.random.default_rng(1), 3)[0] == ["c"] * 3
+
+
+def test_own_samples_imitate_the_epochs_winners_and_nothing_under_a_flat_reward(tiny_pipeline_dir, prompt_file,
+                                                                                 tmp_path):
+    common = ["train", "--model", str(tiny_pipeline_dir), "--prompts", str(prompt_file), *ARGS,
+              "--set", "train.ptx_coef=1", "--set", "train.ptx_data=own_samples", "--epochs", "2"]
+    assert main([*common, "--reward", "brightness", "--out", str(tmp_path / "bright")]) == 0
+    for row in metrics(tmp_path / "bright"):  # K = 2 with distinct rewards: one winner per group every epoch
+        assert np.isfinite(row["ptx_loss"]) and row["ptx_grad_norm"] > 0
+    # Every advantage 0: no winner, so no pretraining term and no update at all
+    assert main([*common, "--reward", "tests.helpers:flat_reward", "--out", str(tmp_path / "flat")]) == 0
+    for row in metrics(tmp_path / "flat"):
+        assert "ptx_loss" not in row and row["grad_norm"] == 0
+
+
+def test_noise_levels_stay_above_the_minimum():
+    from diffrl.update import noise_levels
+
+    high = noise_levels(np.random.default_rng(0), 2000, 1.0, 0.7)
+    assert high.dtype == np.float32 and high.min() >= 0.7 and high.min() < 0.71 and high.max() < 1
+    assert np.array_equal(noise_levels(np.random.default_rng(0), 50, 0.6, 0.0),
+                          noise_levels(np.random.default_rng(0), 50, 0.6))  # 0: the stream of before

@@ -5,6 +5,7 @@ float tensor in [-1, 1], the range SD's VAE takes). `train.ptx_data` names one:
   shapes:<category>_<split>[+...]   ShapesWorld renders of those prompts, a fresh layout at every draw
   path/to/folder                    images listed in folder/metadata.jsonl, one {"file_name": ..., "text": ...} a
                                     line (the Hugging Face imagefolder layout), center-cropped and resized
+  own_samples                       the epoch's own samples that beat their group (`OwnSamples`): latents, not images
 """
 from __future__ import annotations
 
@@ -74,6 +75,29 @@ class ImageFolder:
         return [self.captions[i] for i in picks], to_tensor(images)
 
 
+class OwnSamples:
+    """The policy's own samples of the current epoch with a positive advantage (better than their group's baseline),
+    as final latents with their prompts: the pretraining loss on them is self-imitation, reward-filtered fine-tuning
+    on the model's own successes (RAFT, Dong et al. 2023; reward-weighted likelihood with 0/1 weights, Lee et al.
+    2023). The trainer refills the pool every epoch from training prompts only, so nothing held out enters it."""
+
+    def __init__(self):
+        self.captions: list[str] = []
+        self.latents: torch.Tensor | None = None
+
+    def refill(self, captions: list[str], latents: torch.Tensor) -> None:
+        """This epoch's pool: `latents` (n, C, h, w), one per caption (n may be 0)."""
+        self.captions, self.latents = list(captions), latents.detach()
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[list[str], torch.Tensor]:
+        """n draws with replacement: (captions, latents (n, C, h, w)). The pool must not be empty."""
+        picks = rng.integers(len(self.captions), size=n)
+        return [self.captions[i] for i in picks], self.latents[torch.from_numpy(picks)]
+
+
 def square_image(path: Path, size: int) -> np.ndarray:
     """The image at `path` as (size, size, 3) uint8 RGB: center-cropped to a square, then resized (bicubic)."""
     from PIL import Image, UnidentifiedImageError
@@ -89,16 +113,21 @@ def square_image(path: Path, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def load_pretraining_data(spec: str, held_out: list[Prompt] | None) -> ShapesRenders | ImageFolder:
+OWN_SAMPLES = "own_samples"
+
+
+def load_pretraining_data(spec: str, held_out: list[Prompt] | None) -> ShapesRenders | ImageFolder | OwnSamples:
     """The source `train.ptx_data` names; refuses one whose captions include a held-out prompt (the held-out
     evaluation would then measure images the model was trained to reproduce)."""
+    if spec == OWN_SAMPLES:
+        return OwnSamples()
     if spec.startswith("shapes:"):
         source = ShapesRenders(load_prompts(spec).all(), spec)
     elif Path(spec).expanduser().is_dir():
         source = ImageFolder(Path(spec).expanduser())
     else:
-        raise DiffrlError(f"train.ptx_data={spec!r} is neither shapes:<category>_<split> nor a folder with "
-                          f"{METADATA_FILE}")
+        raise DiffrlError(f"train.ptx_data={spec!r} is neither shapes:<category>_<split>, {OWN_SAMPLES}, nor a "
+                          f"folder with {METADATA_FILE}")
     shared = sorted(set(source.captions) & {text for text, _ in held_out or ()})
     if shared:
         raise DiffrlError(f"train.ptx_data={spec} captions {len(shared)} held-out prompt(s), e.g. {shared[0]!r}; "

@@ -34,7 +34,7 @@ from diffrl.errors import DiffrlError, RunHalted
 from diffrl.evaluation import eval_reward_names
 from diffrl.models.pipeline import (add_lora, add_text_encoder_lora, check_text_encoder_trainable, denoiser,
                                     denoiser_name, frozen_modules, image_size, load_pipeline, resolve_model, save_lora)
-from diffrl.pretraining_data import ImageFolder, ShapesRenders, load_pretraining_data
+from diffrl.pretraining_data import ImageFolder, OwnSamples, ShapesRenders, load_pretraining_data
 from diffrl.prompts import PromptSource, split_prompts
 from diffrl.rewards.base import get_reward, parse_reward_spec
 from diffrl.runlog import RunLogger
@@ -80,7 +80,7 @@ class RunState:
     # epoch, skipped_updates, nan_rewards, images_seen, consecutive_skips (the skip guard), best_eval:
     # [held-out reward, epoch] (early stop); checkpointed.
     counters: dict
-    pretraining_data: ShapesRenders | ImageFolder | None = None  # train.ptx_data (None: no pretraining loss)
+    pretraining_data: ShapesRenders | ImageFolder | OwnSamples | None = None  # train.ptx_data (None: no such loss)
     logger: RunLogger | None = None  # main process only
     saved_epoch: int = 0  # epoch of the newest checkpoint this run wrote or resumed from (0: none)
     save_pending: bool = False  # a checkpoint due while updates were being skipped waits for a clean epoch
@@ -225,7 +225,8 @@ def start_run(config: Config, resume: bool) -> RunState:
               + (f", prompts whose last group was flat passed over with p = {s.skip_zero_advantage:g}"
                  if s.skip_zero_advantage else "")
               + (f", pretraining loss x {t.ptx_coef:g} on {t.ptx_batch} images of {t.ptx_data} per update"
-                 + (f" (noise levels under {t.ptx_max_noise:g})" if t.ptx_max_noise < 1 else "") if t.ptx_coef else "")
+                 + (f" (noise levels in [{t.ptx_min_noise:g}, {t.ptx_max_noise:g}))"
+                    if (t.ptx_min_noise, t.ptx_max_noise) != (0, 1) else "") if t.ptx_coef else "")
               + f"; run dir {out}")
         if prompts.note:
             print(f"diffrl: {prompts.note}")

@@ -26,6 +26,7 @@ from diffrl.core.estimators import compute_advantages
 from diffrl.core.prompt_filter import draw_skipping_flat, flat_prompts, update_flat_set
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
+from diffrl.pretraining_data import OwnSamples
 from diffrl.rewards.base import check_rewards
 from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, restore, save,
                               set_rng_states, rng_states, start_run, step_weights, write_config)
@@ -112,6 +113,9 @@ def run_epoch(epoch: int, run: RunState) -> dict:
     if finite.any():
         rank, device = run.accelerator.process_index, run.accelerator.device
         mine = slice(rank * len(traj), (rank + 1) * len(traj))  # this rank's slice of the gathered samples
+        if isinstance(run.pretraining_data, OwnSamples):  # train.ptx_data=own_samples: this epoch's winners
+            winners = np.flatnonzero(keep[mine] & (all_adv[mine] > 0))
+            run.pretraining_data.refill([texts[i] for i in winners], traj.latents[torch.from_numpy(winners), -1])
         batch = Batch(traj, embeds, advantages=torch.as_tensor(all_adv[mine], dtype=torch.float32, device=device),
                       selected=torch.nonzero(torch.as_tensor(keep[mine])).reshape(-1), steps=steps,
                       prompts=texts[::run.config.sample.k * branches(run.config)],  # sampling's sample layout

@@ -25,6 +25,7 @@ import torch
 from diffrl.config import Config, chunk_size, inner_epochs, minibatches
 from diffrl.core.ddim import gaussian_kl
 from diffrl.core.losses import calibrated_clip_range
+from diffrl.pretraining_data import OwnSamples
 from diffrl.sampling import PromptEmbeds, Trajectories, encode_images, encode_prompts, encode_prompts_trainable
 
 if TYPE_CHECKING:
@@ -116,18 +117,23 @@ PTX_STREAM = 0x70747820
 
 def pretraining_backward(run: RunState) -> dict:
     """Accumulate train.ptx_coef x the denoiser's own training loss on a fresh batch of train.ptx_data (images,
-    noise levels and noise drawn from (run.seed, rank, update number)), with gradient through the trained adapters
+    or the epoch's own latents; noise levels and noise drawn from (run.seed, rank, update number)); nothing while
+    an own-samples pool is empty. With gradient through the trained adapters
     and, with model.train_text_encoder, the text encoder's. Runs before the step's pairs, outside DDP's
     synchronization, so that their last chunk all-reduces both. Returns ptx_loss (the MSE) and ptx_grad_norm (of
     the weighted gradient alone)."""
-    accelerator, t, policy = run.accelerator, run.config.train, run.train_policy
+    accelerator, t, policy, source = run.accelerator, run.config.train, run.train_policy, run.pretraining_data
     rng = np.random.default_rng([run.config.run.seed, accelerator.process_index, PTX_STREAM,
                                  run.lr_scheduler.last_epoch])
-    size = run.latent_shape[-1] * run.pipe.vae_scale_factor
-    captions, images = run.pretraining_data.draw(rng, t.ptx_batch, size)
     device = accelerator.device
-    z0 = encode_images(run.pipe.vae, images)  # moves them to the VAE's device and dtype
-    u = torch.from_numpy(noise_levels(rng, len(captions), t.ptx_max_noise)).to(device)
+    if isinstance(source, OwnSamples):
+        if not len(source):  # no sample beat its group this epoch: nothing to imitate
+            return {}
+        captions, z0 = source.draw(rng, t.ptx_batch)
+    else:
+        captions, images = source.draw(rng, t.ptx_batch, run.latent_shape[-1] * run.pipe.vae_scale_factor)
+        z0 = encode_images(run.pipe.vae, images)  # moves them to the VAE's device and dtype
+    u = torch.from_numpy(noise_levels(rng, len(captions), t.ptx_max_noise, t.ptx_min_noise)).to(device)
     eps = torch.from_numpy(rng.standard_normal(z0.shape, dtype=np.float32)).to(device)
     with ExitStack() as stack:
         for model in filter(None, (policy.unet, run.train_text_encoder)):
@@ -144,10 +150,10 @@ def pretraining_backward(run: RunState) -> dict:
     return {"ptx_loss": float(loss.detach()), "ptx_grad_norm": float(grad_norm)}
 
 
-def noise_levels(rng: np.random.Generator, n: int, max_noise: float) -> np.ndarray:
-    """(n,) float32 noise levels u ~ U[0, max_noise) of the pretraining loss (`Policy.denoising_loss`:
+def noise_levels(rng: np.random.Generator, n: int, max_noise: float, min_noise: float = 0.0) -> np.ndarray:
+    """(n,) float32 noise levels u ~ U[min_noise, max_noise) of the pretraining loss (`Policy.denoising_loss`:
     t = floor(u T))."""
-    return rng.random(n, dtype=np.float32) * np.float32(max_noise)
+    return np.float32(min_noise) + rng.random(n, dtype=np.float32) * np.float32(max_noise - min_noise)
 
 
 def draw_pairs(minibatch: torch.Tensor, steps: torch.Tensor, steps_per_sample: int, generator) -> Pairs:
