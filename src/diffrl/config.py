@@ -305,8 +305,8 @@ def validate(config: Config) -> Config:
         (t.kl_coef == 0 or config.model.lora, "train.kl_coef > 0 needs model.lora = true (the base model is the UNet "
                                               "with its adapters disabled; full fine-tuning keeps no reference copy)"),
         (t.ptx_coef >= 0, "train.ptx_coef must be >= 0"),
-        (t.ptx_coef == 0 or t.ptx_data, "train.ptx_coef > 0 needs train.ptx_data (shapes:<category>_<split> or a folder "
-                                        "with metadata.jsonl)"),
+        (t.ptx_coef == 0 or t.ptx_data, "train.ptx_coef > 0 needs train.ptx_data (shapes:<category>_<split>, own_samples "
+                                        "or a folder with metadata.jsonl)"),
         (t.ptx_batch >= 1, "train.ptx_batch must be >= 1"),
         (0 < t.ptx_max_noise <= 1, "train.ptx_max_noise must be in (0, 1]"),
         (0 <= t.ptx_min_noise < t.ptx_max_noise, "train.ptx_min_noise must be in [0, train.ptx_max_noise)"),
