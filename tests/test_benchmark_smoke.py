@@ -135,3 +135,13 @@ def test_gradient_snr_mirror_agreement_compares_mirror_pairs_with_the_groups_oth
     # K = 4, mirrors (0, 2) and (1, 3) agree; of the other pairs (0, 1), (0, 3), (1, 2), (2, 3) none does
     line = module.mirror_agreement(torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
     assert line.startswith("equal rewards: mirror pairs 1.000, other pairs 0.000; deviation correlation +1.000 vs -1.000")
+
+
+def test_merged_sampling_times_each_mode_and_reports_the_rounding(capsys):
+    bench = load_benchmark("merged_sampling")
+    bench.main(["--prompts", "2", "--rounds", "1", "--processes", "1"])  # 16 images
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("1 process(es) x 1 thread(s), 16 images per batch, 1 round(s), adapters on to_k,")
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == ["adapters", "merged", "no adapters"]
+    deviation = float(lines[4].split("at most ")[1].split(",")[0])
+    assert deviation < 1e-4  # the same policy: rounding only

@@ -26,6 +26,7 @@ from diffrl.core.estimators import compute_advantages
 from diffrl.core.prompt_filter import draw_skipping_flat, flat_prompts, update_flat_set
 from diffrl.errors import RewardUnavailable, RunHalted, RunInterrupted
 from diffrl.evaluation import eval_reward_names, generate_fixed_seed, score_images
+from diffrl.models.pipeline import lora_merged
 from diffrl.pretraining_data import OwnSamples
 from diffrl.rewards.base import check_rewards
 from diffrl.run_state import (CONFIG_FILE, RunState, agree, epoch_steps, newest_checkpoint, restore, save,
@@ -195,7 +196,7 @@ def sample_epoch(run: RunState, branch_step: int | None, metrics: dict
     parts, embeds, texts, metas = [], [], [], []
     offset = passed_over = 0
     run.policy.unet.eval()
-    with run.accelerator.autocast():
+    with run.accelerator.autocast(), lora_merged(run.policy.unet, s.merge_lora):
         if run.train_text_encoder is not None:  # guidance's empty prompt under this epoch's text encoder
             run.uncond = encode_prompts(run.pipe, [""], run.accelerator.device)
         for _ in range(s.batches_per_epoch):
@@ -300,7 +301,7 @@ def evaluate(run: RunState, tag: str) -> dict:
         return {}
     r = run.config.run
     run.policy.unet.eval()
-    with run.accelerator.autocast():
+    with run.accelerator.autocast(), lora_merged(run.policy.unet, run.config.sample.merge_lora):
         images, texts, metas = generate_fixed_seed(run.pipe, run.policy, run.held_out, r.eval_images_per_prompt,
                                                    r.seed, run.config.sample.num_steps, run.latent_shape,
                                                    max_sequence_length=run.config.sample.max_sequence_length,

@@ -6,6 +6,7 @@ Version-sensitive diffusers/peft calls live here and nowhere else.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -138,6 +139,30 @@ def add_lora(unet: torch.nn.Module, rank: int, alpha: float, target_modules: lis
         raise DiffrlError(f"model.lora_target_modules: {', '.join(unmatched)} names no module of the "
                           f"{type(unet).__name__} (targets are module names or suffixes, e.g. to_q, conv1, ff.net.2)")
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=target_modules))
+
+
+@contextmanager
+def lora_merged(network: torch.nn.Module, enabled: bool = True):
+    """Inside: every LoRA layer of `network` runs as one base layer holding W + (alpha / r) B A (peft's `merge`), so
+    sampling pays no adapter calls; on exit the base weights are copied back from a saved copy, bit for bit (peft's
+    `unmerge` subtracts the delta again, which leaves rounding in W that a resumed run would not have). Costs a copy
+    of the adapted layers' weights while inside. Without LoRA layers (full fine-tuning), or with `enabled` false, it
+    does nothing."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in network.modules() if isinstance(m, LoraLayer) and not m.merged
+              and not m.disable_adapters] if enabled else []
+    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                layer.merge()  # the active adapters; sets layer.merged, so forward calls the base layer alone
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, weight in zip(layers, saved):
+                layer.get_base_layer().weight.copy_(weight)
+                layer.merged_adapters.clear()
 
 
 # The CLIP text encoder's attention projections (transformers' CLIPAttention), as diffusers' DreamBooth LoRA script
