@@ -1,5 +1,5 @@
 """Prompt sources for the tuning study (docs/tuning.md): `--prompts tuning_prompts:hard3` with PYTHONPATH=docs/tuning."""
-from diffrl.shapes.world import UNSEEN_COMBOS, ShapeObject, _pair_prompts, all_prompts, counting, prompt_set, single
+from diffrl.shapes.world import UNSEEN_COMBOS, ShapeObject, pair_prompts, all_prompts, counting, prompt_set, single
 
 
 def _pick(texts: list[str]) -> list[tuple[str, dict]]:
@@ -87,7 +87,7 @@ def spatial_unshown_pairs_all() -> list[tuple[str, dict]]:
 
 def _held_out_pair_phrasings():
     """Every phrasing of each spatial_unseen-val pair, pair by pair in the split's order."""
-    return [p for spec in prompt_set("spatial", "unseen-val") for p in _pair_prompts("spatial", *spec.objects)]
+    return [p for spec in prompt_set("spatial", "unseen-val") for p in pair_prompts("spatial", *spec.objects)]
 
 
 def _as_prompts(specs) -> list[tuple[str, dict]]:

@@ -154,7 +154,7 @@ def seen_combos() -> list[ShapeObject]:
     return [o for o in all_combos() if (o.color, o.shape) not in UNSEEN_COMBOS]
 
 
-def _pair_prompts(category: str, a: ShapeObject, b: ShapeObject) -> list[PromptSpec]:
+def pair_prompts(category: str, a: ShapeObject, b: ShapeObject) -> list[PromptSpec]:
     """Every phrasing of the unordered pair {a, b} in `category`."""
     if category == "color_binding":
         return [color_binding(a, b), color_binding(b, a)]
@@ -192,19 +192,19 @@ def _prompt_table() -> dict[tuple[str, str], tuple[PromptSpec, ...]]:
     ]
     for offset, category in ((1, "color_binding"), (3, "spatial")):
         train, val = _split(seen_pairs, offset)
-        table[category, "train"] = tuple(p for a, b in train for p in _pair_prompts(category, a, b))
-        table[category, "val"] = tuple(p for a, b in val for p in _pair_prompts(category, a, b))
+        table[category, "train"] = tuple(p for a, b in train for p in pair_prompts(category, a, b))
+        table[category, "val"] = tuple(p for a, b in val for p in pair_prompts(category, a, b))
         # One phrasing per unseen pair (chosen deterministically) keeps the split small.
         rng = np.random.default_rng(SPLIT_SEED + 10 + offset)
         table[category, "unseen"] = tuple(
-            (options := _pair_prompts(category, a, b))[rng.integers(len(options))] for a, b in unseen_pairs
+            (options := pair_prompts(category, a, b))[rng.integers(len(options))] for a, b in unseen_pairs
         )
         # RL on unseen-train, held-out evaluation on unseen-val: both need the unseen combos,
         # neither shares a prompt (one prompt per pair) with the other.
         rl, held_out = _split(list(table[category, "unseen"]), 20 + offset, UNSEEN_VAL_FRACTION)
         table[category, "unseen-train"], table[category, "unseen-val"] = tuple(rl), tuple(held_out)
         # Every phrasing of the unseen-train pairs: more distinct RL prompts, still none of unseen-val's pairs.
-        table[category, "unseen-train-all"] = tuple(p for spec in rl for p in _pair_prompts(category, *spec.objects))
+        table[category, "unseen-train-all"] = tuple(p for spec in rl for p in pair_prompts(category, *spec.objects))
     return table
 
 
