@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
+
+from sampling_chunks import add_side_by_side_arguments, side_by_side  # the side-by-side process harness
 
 TAG = "MERGED_SAMPLING "
 MODES = ("adapters", "merged", "no adapters")
@@ -72,25 +72,12 @@ def worker(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=WIDE, help="model.lora_target_modules, comma-separated")
-    parser.add_argument("--prompts", type=int, default=128, help="prompts per batch (x K = 8 images)")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_side_by_side_arguments(parser)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return
-    command = [sys.executable, __file__, "--worker", "--targets", args.targets, "--prompts", str(args.prompts),
-               "--rounds", str(args.rounds), "--threads", str(args.threads)]
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-               for _ in range(args.processes)]
-    rows = []
-    for process in workers:
-        out, _ = process.communicate()
-        if process.returncode:
-            sys.exit(f"a worker failed (exit {process.returncode}); run it alone: {' '.join(command)}")
-        rows += [json.loads(line[len(TAG):]) for line in out.splitlines() if line.startswith(TAG)]
+    rows = side_by_side(__file__, args, ["--targets", args.targets], TAG)
     print(f"{args.processes} process(es) x {args.threads} thread(s), {rows[0]['images']} images per batch, "
           f"{args.rounds} round(s), adapters on {args.targets}")
     median = {mode: statistics.median(r["seconds"] for r in rows if r["mode"] == mode) for mode in MODES}

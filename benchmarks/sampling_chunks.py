@@ -56,20 +56,18 @@ def worker(args: argparse.Namespace) -> None:
                                     "identical": same}), flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chunks", nargs="+", default=["all", "64", "128", "256"],
-                        help="images per denoiser call ('all': the whole batch)")
+def add_side_by_side_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark whose workers sample one spatial batch side by side (this one's, merged_sampling's)."""
     parser.add_argument("--prompts", type=int, default=128, help="prompts per batch (x K = 8 images)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        worker(args)
-        return
-    command = [sys.executable, __file__, "--worker", "--chunks", *args.chunks, "--prompts", str(args.prompts),
+
+
+def side_by_side(script: str, args: argparse.Namespace, worker_arguments: list[str], tag: str) -> list[dict]:
+    """Runs `script --worker` in args.processes processes at once; the JSON rows they print after `tag`."""
+    command = [sys.executable, script, "--worker", *worker_arguments, "--prompts", str(args.prompts),
                "--rounds", str(args.rounds), "--threads", str(args.threads)]
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                for _ in range(args.processes)]
@@ -78,7 +76,20 @@ def main(argv: list[str] | None = None) -> None:
         out, _ = process.communicate()
         if process.returncode:
             sys.exit(f"a worker failed (exit {process.returncode}); run it alone: {' '.join(command)}")
-        rows += [json.loads(line[len(TAG):]) for line in out.splitlines() if line.startswith(TAG)]
+        rows += [json.loads(line[len(tag):]) for line in out.splitlines() if line.startswith(tag)]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", nargs="+", default=["all", "64", "128", "256"],
+                        help="images per denoiser call ('all': the whole batch)")
+    add_side_by_side_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+    rows = side_by_side(__file__, args, ["--chunks", *args.chunks], TAG)
     print(f"{args.processes} process(es) x {args.threads} thread(s), {rows[0]['images']} images per batch, "
           f"{args.rounds} round(s)")
     base = statistics.median(r["seconds"] for r in rows if r["chunk"] == args.chunks[0])
