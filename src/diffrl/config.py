@@ -60,7 +60,7 @@ class SampleConfig:
     logprob_reduce: str = opt("mean", "Reduce the step log-density over latent dims by 'mean' (DDPO) or 'sum'.")
     flow_noise_level: float = opt(0.7, "Flow models (SD3) only: noise level a of Flow-GRPO's SDE sampler, step noise std a * sqrt(sigma / (1 - sigma)) * sqrt(sigma - sigma_next); > 0 makes each step a Gaussian policy (Flow-GRPO: 0.7). sample.eta is the DDIM models' counterpart.")
     chunk_size: int | None = opt(None, "At most this many images per denoiser call while sampling; each step's noise is drawn for the whole batch before it is split, so the chunks change no sample (bit for bit at 64, 128 and 256 on the CPU measured; up to floating-point rounding elsewhere). None: 64 on CPU, where the spatial preset's 1,024 images sampled 1.53x faster than in one call per step (two processes, one thread each, as the spatial pair runs) and the demo's 256 images 1.14x faster (one process, two threads; benchmarks/sampling_chunks.py, docs/performance.md); a whole batch per call on a GPU.")
-    merge_lora: bool = opt(False, "Sample (and run the held-out evaluation) with the LoRA adapters merged into the base weights, W + (alpha / r) B A, and the base weights copied back afterwards, bit for bit: the same policy without the adapters' extra calls in every denoiser step (wide adapters on ShapesWorld: sampling 1.2x faster, docs/tuning.md section 64). Holds a copy of the adapted layers' weights while sampling. The sampled log-probs then differ from the training forward's by floating-point rounding (ratio_onpolicy_dev in metrics.jsonl). LoRA only; ignored under full fine-tuning.")
+    merge_lora: bool = opt(False, "Sample (and run the held-out evaluation) with the LoRA adapters merged into the base weights, W + (alpha / r) B A, and the base weights copied back afterwards, bit for bit: the same policy without the adapters' extra calls in every denoiser step (ShapesWorld's spatial command: sampling 1.5x faster with adapters on the convolutions and feed-forward layers too, 1.2x with attention adapters alone; docs/tuning.md section 64, benchmarks/merged_sampling.py). Holds a copy of the adapted layers' weights while sampling. The sampled log-probs then differ from the training forward's by floating-point rounding (ratio_onpolicy_dev in metrics.jsonl: at most 3.6e-7 there). Needs fp32 frozen weights (train.frozen_dtype); LoRA only, ignored under full fine-tuning.")
     max_sequence_length: int = opt(256, "SD3-style pipelines only (ignored by SD 1.x/2.x, whose CLIP encoder has a fixed 77 tokens): the T5 tokens every prompt is padded or truncated to (StableDiffusion3Pipeline.encode_prompt's max_sequence_length; diffusers' default 256, Flow-GRPO: 128). The transformer attends to the padding too, so this is part of the policy, and shorter sequences make every transformer call cheaper; prompts longer than this are truncated.")
 
 
@@ -375,7 +375,8 @@ FROZEN_DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 def check_device(config: Config, cuda: bool) -> None:
     """Checks that depend on the machine (start-up, before anything is written): adamw8bit needs bitsandbytes and
-    CUDA; fp16 frozen weights need a GPU; merged LoRA sampling needs fp32 frozen weights. Not part of `validate`, so a GPU run's config.yaml still loads on a CPU."""
+    CUDA; fp16 frozen weights need a GPU; merged LoRA sampling needs fp32 frozen weights ('auto' is half precision
+    on a GPU under mixed precision). Not part of `validate`, so a GPU run's config.yaml still loads on a CPU."""
     import importlib.util
 
     t = config.train
@@ -407,9 +408,9 @@ def frozen_torch_dtype(config: Config, cuda: bool):
 
 
 # Keys that may change when a run is resumed: they do not enter the math of the remaining updates.
-# (train.chunk_size and sample.chunk_size only regroup the same sums and run.deterministic fixes their order,
-# sample.merge_lora computes the same layers from merged weights;
-# floating-point rounding may differ in the last bits; train.gradient_checkpointing recomputes the same activations.)
+# (train.chunk_size and sample.chunk_size only regroup the same sums and run.deterministic fixes their order, and
+# sample.merge_lora computes the same layers from merged weights: floating-point rounding may differ in the last
+# bits; train.gradient_checkpointing recomputes the same activations.)
 RESUMABLE_KEYS = frozenset({
     "run.out", "run.epochs", "run.save_every", "run.image_every", "run.eval_every", "run.eval_prompts",
     "run.eval_images_per_prompt", "run.progress", "run.threads", "run.deterministic", "run.keep_checkpoints",
