@@ -1,4 +1,6 @@
 """The study scripts under docs/tuning: their pure helpers."""
+from pathlib import Path
+
 import numpy as np
 
 from tests.conftest import TUNING, load_script
@@ -318,6 +320,48 @@ def test_spatial_sync_pair_checks_its_after_sync_settings_before_anything_runs(t
     result = run_study_script("spatial_sync_pair.sh", out, 0, 1, 30, "--after-sync", "train.no_such_key=1")
     assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
     assert not out.exists()
+
+
+def test_spatial_hour_passes_its_settings_and_the_users_to_the_synchronized_pair(tmp_path):
+    """The hour's command checks its own last-phase settings with the user's: a bad key of the user's is the one
+    reported (so the command's own settings load), before OUT is made or a run starts."""
+    out = tmp_path / "pair"
+    result = run_study_script("spatial_hour.sh", out, 0, 1, "--after-sync", "train.no_such_key=1")
+    assert result.returncode != 0 and "unknown config key 'train.no_such_key'" in result.stderr
+    assert not out.exists()
+
+
+def test_spatial_sync_pair_resumed_in_its_last_phase_skips_the_average_and_continues_the_pair(tmp_path):
+    """Both members past the last SYNC_EPOCH (stopped in the last phase): the same command resumes both from their
+    checkpoints and soups them, without averaging again (`diffrl` stubbed: the calls it gets are recorded)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from diffrl.config import load_config
+    from diffrl.run_state import write_config
+
+    out, bin_dir, calls = tmp_path / "pair", tmp_path / "bin", tmp_path / "calls"
+    for seed in (0, 1):
+        run = out / f"seed{seed}"
+        run.mkdir(parents=True)
+        write_config(run, load_config("shapes_spatial"))
+        (run / "metrics.jsonl").write_text('{"epoch": 1, "sample_s": 1.0}\n' * 45)
+    bin_dir.mkdir()
+    (bin_dir / "diffrl").write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    (bin_dir / "diffrl").chmod(0o755)
+    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])}
+    with open(tmp_path / "output", "w") as output:  # a file, not a pipe: the progress reporter's sleep would hold one
+        result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30",
+                                 "--after-sync", "train.step_weight_power=0.5"], stdout=output, stderr=subprocess.STDOUT,
+                                timeout=120, env=env)
+    assert result.returncode == 0, (tmp_path / "output").read_text()
+    assert sorted(calls.read_text().splitlines()) == [
+        f"soup {out}/seed0 {out}/seed1 --out {out}/soup", f"train --resume {out}/seed0", f"train --resume {out}/seed1"]
+    for seed in (0, 1):
+        assert yaml.safe_load((out / f"seed{seed}" / "config.yaml").read_text())["train"]["step_weight_power"] == 0.5
 
 
 def test_spatial_sync_pair_wants_a_seed_for_each_extra_member(tmp_path):

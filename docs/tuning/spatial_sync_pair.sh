@@ -13,6 +13,8 @@
 #       # (section 52: --after-sync train.step_weight_power=0.5); `--extra-member SEED` (repeatable): a further member
 #       # that trains the first phase(s) beside the pair (sharing its LoRA initialization) and joins every average,
 #       # but not the last phase, which the pair alone trains and soups (section 61)
+#   Stopped (SIGTERM to the script and its runs; each run checkpoints), the same command resumes it: members whose
+#   config.yaml exists continue from their last checkpoint, and a phase the pair has already passed is skipped.
 #   A member whose run is already at a SYNC_EPOCH (a copy made by `branch_pair.sh SRC OUT EPOCH copy`) waits there
 #   for the others instead of running: an extra member added to a finished pair's first phase, paired with its own
 #   last phase (section 61).
@@ -70,7 +72,11 @@ start() {  # SEED: the run's first phase, or its resumption after an average (ex
 
 # Each phase runs every member to the next SYNC_EPOCH. The signal is sent once a run has logged the epoch before it and passed
 # its end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
+past() {  # SYNC_EPOCH: the pair trained past it (a resumed later phase): its average is done
+  for seed in "${pair[@]}"; do [ "$(epochs_done "$seed")" -gt "$1" ] || return 1; done
+}
 for sync_epoch in "${sync_epochs[@]}"; do
+  past "$sync_epoch" && continue
   pids=(); stopped=()
   for i in "${!seeds[@]}"; do
     if [ "$(epochs_done "${seeds[$i]}")" -eq "$sync_epoch" ]; then  # already there (a copy): it waits
