@@ -6,17 +6,19 @@ import numpy as np
 from tests.conftest import TUNING, load_script
 
 
-def run_study_script(name: str, *args: str):
+def run_study_script(name: str, *args: str, bin_first: Path | None = None, output=None):
     """bash TUNING/name ARGS, with this interpreter's bin first on PATH (as if its environment were activated: the
-    scripts call `python` and `diffrl`)."""
+    scripts call `python` and `diffrl`), and `bin_first` before it (stub commands). Its output is captured, or written
+    to the open file `output` (a script that leaves a child running, such as a progress reporter's sleep, would hold
+    a capturing pipe open until that child ends)."""
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(["bash", str(TUNING / name), *map(str, args)], capture_output=True, text=True, timeout=120,
-                          env=env)
+    path = [str(bin_first)] if bin_first is not None else []
+    env = {**os.environ, "PATH": os.pathsep.join([*path, str(Path(sys.executable).parent), os.environ["PATH"]])}
+    streams = dict(capture_output=True, text=True) if output is None else dict(stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.run(["bash", str(TUNING / name), *map(str, args)], timeout=120, env=env, **streams)
 
 
 def test_base_level_groups_split_at_0_15_and_0_85():
@@ -334,10 +336,6 @@ def test_spatial_hour_passes_its_settings_and_the_users_to_the_synchronized_pair
 def test_spatial_sync_pair_resumed_in_its_last_phase_skips_the_average_and_continues_the_pair(tmp_path):
     """Both members past the last SYNC_EPOCH (stopped in the last phase): the same command resumes both from their
     checkpoints and soups them, without averaging again (`diffrl` stubbed: the calls it gets are recorded)."""
-    import os
-    import subprocess
-    import sys
-
     import yaml
 
     from diffrl.config import load_config
@@ -352,11 +350,9 @@ def test_spatial_sync_pair_resumed_in_its_last_phase_skips_the_average_and_conti
     bin_dir.mkdir()
     (bin_dir / "diffrl").write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
     (bin_dir / "diffrl").chmod(0o755)
-    env = {**os.environ, "PATH": os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ["PATH"]])}
-    with open(tmp_path / "output", "w") as output:  # a file, not a pipe: the progress reporter's sleep would hold one
-        result = subprocess.run(["bash", str(TUNING / "spatial_sync_pair.sh"), str(out), "0", "1", "30",
-                                 "--after-sync", "train.step_weight_power=0.5"], stdout=output, stderr=subprocess.STDOUT,
-                                timeout=120, env=env)
+    with open(tmp_path / "output", "w") as output:
+        result = run_study_script("spatial_sync_pair.sh", out, 0, 1, 30, "--after-sync", "train.step_weight_power=0.5",
+                                  bin_first=bin_dir, output=output)
     assert result.returncode == 0, (tmp_path / "output").read_text()
     assert sorted(calls.read_text().splitlines()) == [
         f"soup {out}/seed0 {out}/seed1 --out {out}/soup", f"train --resume {out}/seed0", f"train --resume {out}/seed1"]

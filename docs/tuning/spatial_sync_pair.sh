@@ -70,11 +70,12 @@ start() {  # SEED: the run's first phase, or its resumption after an average (ex
   fi
 }
 
-# Each phase runs every member to the next SYNC_EPOCH. The signal is sent once a run has logged the epoch before it and passed
-# its end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
 past() {  # SYNC_EPOCH: the pair trained past it (a resumed later phase): its average is done
   for seed in "${pair[@]}"; do [ "$(epochs_done "$seed")" -gt "$1" ] || return 1; done
 }
+
+# Each phase runs every member to the next SYNC_EPOCH. The signal is sent once a run has logged the epoch before it and passed
+# its end-of-epoch check (within milliseconds of the log line), so the run stops after epoch SYNC_EPOCH.
 for sync_epoch in "${sync_epochs[@]}"; do
   past "$sync_epoch" && continue
   pids=(); stopped=()
