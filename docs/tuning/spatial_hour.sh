@@ -6,6 +6,7 @@
 #
 #   bash docs/tuning/spatial_hour.sh OUT [FIRST_SEED [SECOND_SEED [TRAIN_ARG...]]]
 #       # seeds FIRST_SEED (default 0) and SECOND_SEED (default FIRST_SEED + 1); TRAIN_ARGs as spatial_sync_pair.sh's
+#   Stopped (SIGTERM to this script and its runs), the same command resumes it, in either phase (spatial_sync_pair.sh).
 #   diffrl evaluate --lora OUT/soup --model builtin:shapes-spatial2 --prompts shapes:spatial_unseen-val \
 #       --images-per-prompt 32 --baseline BASE.json
 set -euo pipefail
